@@ -1,0 +1,138 @@
+//! The forkpoint image format: one file holding a process's memory, threads and
+//! descriptors, written by `libforkpoint.so` and read by the restart loader.
+//!
+//! Layout (all integers little-endian; `docs/image-format.md` is the byte-by-byte spec):
+//!
+//! ```text
+//! 0      header (64 bytes, padded with zeros to PAGE_SIZE so chunks can be page-aligned)
+//! 4096   chunk 0, chunk 1, ...       page contents, each chunk zstd-compressed or stored
+//! M      metadata                    UTF-8 JSON of [`Metadata`] (mappings, threads, fds, index)
+//! EOF-64 footer (64 bytes)           where the metadata is, its CRC, the file length
+//! ```
+//!
+//! This crate does no I/O of its own but reading a file in [`read`]: the writer in the
+//! library calls [`Header::encode`], [`encode_metadata`] and [`Footer::encode`] and writes the
+//! bytes with raw syscalls. Everything the reader returns has been validated (see
+//! [`validate`]); it never panics on any input.
+
+pub mod read;
+pub mod types;
+pub mod validate;
+
+pub use read::{parse_footer, parse_header, ImageFile, ReadError};
+pub use types::*;
+pub use validate::{validate_metadata, ValidationError};
+
+/// `b"FPKIMAGE"`: first eight bytes of every image.
+pub const HEADER_MAGIC: [u8; 8] = *b"FPKIMAGE";
+/// `b"FPKINDEX"`: first eight bytes of the footer.
+pub const FOOTER_MAGIC: [u8; 8] = *b"FPKINDEX";
+/// Format major version: a reader refuses any other major.
+pub const FORMAT_MAJOR: u16 = 1;
+/// Format minor version: a reader refuses a newer minor (it may hold fields it would ignore).
+pub const FORMAT_MINOR: u16 = 0;
+pub const HEADER_LEN: usize = 64;
+pub const FOOTER_LEN: usize = 64;
+pub const PAGE_SIZE: u64 = 4096;
+/// Chunks start here: the header is padded to a page.
+pub const FIRST_CHUNK_OFFSET: u64 = PAGE_SIZE;
+/// The only metadata encoding in version 1.
+pub const METADATA_ENCODING_JSON: u32 = 1;
+/// Upper bound on the metadata a reader accepts (bounds allocation on hostile input).
+pub const MAX_METADATA_LEN: u64 = 512 << 20;
+/// Upper bound on one chunk's uncompressed size.
+pub const MAX_CHUNK_RAW_LEN: u64 = 64 << 20;
+/// Header flag: the image names a parent image and holds only changed pages (reserved, v1 writers leave it clear).
+pub const FLAG_INCREMENTAL: u32 = 1;
+
+/// The value the library's fork point returns in a restored process (parent gets a pid,
+/// the writer child 0, an error a negative errno). Larger than any pid.
+pub const RESUME_RESTORED: u64 = 0x4650_0000_0000_0001;
+
+/// Layout of the library's restore-info block, whose address the image records in
+/// [`LibraryInfo::restore_info_addr`]. The loader writes it into the staged memory so the
+/// library learns, when it resumes, that it was restored and what to clean up.
+pub mod restore_info {
+    /// `magic` value written by the loader.
+    pub const MAGIC: u64 = 0x5245_5354_4f52_4544; // "RESTORED"
+    pub const OFF_MAGIC: usize = 0;
+    /// Incremented on every restore of the same lineage (copied from the image + 1).
+    pub const OFF_GENERATION: usize = 8;
+    /// Address and length of the restore blob region the library should unmap.
+    pub const OFF_BLOB_ADDR: usize = 16;
+    pub const OFF_BLOB_LEN: usize = 24;
+    pub const LEN: usize = 32;
+}
+
+/// CRC-32 (IEEE) used for every checksum in the format.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+/// The fixed header at offset 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub major: u16,
+    pub minor: u16,
+    pub flags: u32,
+    pub page_size: u64,
+}
+
+impl Header {
+    pub fn current() -> Self {
+        Header {
+            major: FORMAT_MAJOR,
+            minor: FORMAT_MINOR,
+            flags: 0,
+            page_size: PAGE_SIZE,
+        }
+    }
+
+    /// Bytes 0..8 magic, 8..10 major, 10..12 minor, 12..16 flags, 16..24 page size,
+    /// 24..60 zero, 60..64 CRC-32 of bytes 0..60.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&HEADER_MAGIC);
+        b[8..10].copy_from_slice(&self.major.to_le_bytes());
+        b[10..12].copy_from_slice(&self.minor.to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.page_size.to_le_bytes());
+        let crc = crc32(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+}
+
+/// The fixed footer in the last 64 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    pub metadata_offset: u64,
+    pub metadata_len: u64,
+    pub metadata_crc32: u32,
+    pub metadata_encoding: u32,
+    /// Length of the whole file, footer included: detects truncation and appended bytes.
+    pub file_len: u64,
+}
+
+impl Footer {
+    /// Bytes 0..8 magic, 8..16 metadata offset, 16..24 metadata length, 24..28 metadata
+    /// CRC-32, 28..32 encoding, 32..40 file length, 40..60 zero, 60..64 CRC-32 of 0..60.
+    pub fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut b = [0u8; FOOTER_LEN];
+        b[0..8].copy_from_slice(&FOOTER_MAGIC);
+        b[8..16].copy_from_slice(&self.metadata_offset.to_le_bytes());
+        b[16..24].copy_from_slice(&self.metadata_len.to_le_bytes());
+        b[24..28].copy_from_slice(&self.metadata_crc32.to_le_bytes());
+        b[28..32].copy_from_slice(&self.metadata_encoding.to_le_bytes());
+        b[32..40].copy_from_slice(&self.file_len.to_le_bytes());
+        let crc = crc32(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+}
+
+/// Serializes the metadata (the writer appends it after the last chunk).
+pub fn encode_metadata(meta: &Metadata) -> Vec<u8> {
+    // Serializing plain structs of integers, strings and vectors cannot fail.
+    serde_json::to_vec(meta).unwrap_or_default()
+}

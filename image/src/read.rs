@@ -1,0 +1,281 @@
+//! Reading an image: header, footer and metadata are parsed and validated before anything
+//! else looks at them; chunks are checked against their CRC as they are read.
+
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::{
+    crc32, validate_metadata, Chunk, Compression, Footer, Header, Metadata, ValidationError,
+    FIRST_CHUNK_OFFSET, FOOTER_LEN, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN,
+    HEADER_MAGIC, MAX_METADATA_LEN, METADATA_ENCODING_JSON, PAGE_SIZE,
+};
+
+/// Why an image cannot be read. Every variant says where the problem is.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(String, std::io::Error),
+    TooShort { len: u64 },
+    BadMagic { what: &'static str },
+    BadCrc { what: String },
+    UnsupportedVersion { major: u16, minor: u16 },
+    UnsupportedFlags(u32),
+    BadPageSize(u64),
+    Truncated { expected: u64, actual: u64 },
+    BadFooter(String),
+    Metadata(String),
+    Invalid(ValidationError),
+    Chunk { index: usize, reason: String },
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(what, e) => write!(f, "{what}: {e}"),
+            ReadError::TooShort { len } => {
+                write!(f, "file is {len} bytes, too short to be a forkpoint image (truncated?)")
+            }
+            ReadError::BadMagic { what } => write!(f, "bad magic in the {what}: not a forkpoint image, or damaged"),
+            ReadError::BadCrc { what } => write!(f, "checksum mismatch in the {what}: the image is corrupted"),
+            ReadError::UnsupportedVersion { major, minor } => write!(
+                f,
+                "image format version {major}.{minor} is not supported (this forkpoint reads {FORMAT_MAJOR}.0 to {FORMAT_MAJOR}.{FORMAT_MINOR})"
+            ),
+            ReadError::UnsupportedFlags(x) => write!(f, "image header has unsupported flags {x:#x}"),
+            ReadError::BadPageSize(p) => write!(f, "image page size {p} is not {PAGE_SIZE}"),
+            ReadError::Truncated { expected, actual } => write!(
+                f,
+                "image is truncated or has trailing bytes: footer says {expected} bytes, file has {actual}"
+            ),
+            ReadError::BadFooter(s) => write!(f, "bad footer: {s}"),
+            ReadError::Metadata(s) => write!(f, "metadata cannot be decoded: {s}"),
+            ReadError::Invalid(e) => write!(f, "metadata is inconsistent: {e}"),
+            ReadError::Chunk { index, reason } => write!(f, "chunk {index}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    let mut x = [0u8; 2];
+    x.copy_from_slice(&b[at..at + 2]);
+    u16::from_le_bytes(x)
+}
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Parses and checks the 64-byte header.
+pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<Header, ReadError> {
+    if b[0..8] != HEADER_MAGIC {
+        return Err(ReadError::BadMagic { what: "header" });
+    }
+    if crc32(&b[0..60]) != le_u32(b, 60) {
+        return Err(ReadError::BadCrc {
+            what: "header".into(),
+        });
+    }
+    let h = Header {
+        major: le_u16(b, 8),
+        minor: le_u16(b, 10),
+        flags: le_u32(b, 12),
+        page_size: le_u64(b, 16),
+    };
+    if h.major != FORMAT_MAJOR || h.minor > FORMAT_MINOR {
+        return Err(ReadError::UnsupportedVersion {
+            major: h.major,
+            minor: h.minor,
+        });
+    }
+    if h.flags != 0 {
+        return Err(ReadError::UnsupportedFlags(h.flags));
+    }
+    if h.page_size != PAGE_SIZE {
+        return Err(ReadError::BadPageSize(h.page_size));
+    }
+    Ok(h)
+}
+
+/// Parses and checks the 64-byte footer against the file's actual length.
+pub fn parse_footer(b: &[u8; FOOTER_LEN], file_len: u64) -> Result<Footer, ReadError> {
+    if b[0..8] != FOOTER_MAGIC {
+        return Err(ReadError::BadMagic {
+            what: "footer (truncated image?)",
+        });
+    }
+    if crc32(&b[0..60]) != le_u32(b, 60) {
+        return Err(ReadError::BadCrc {
+            what: "footer".into(),
+        });
+    }
+    let f = Footer {
+        metadata_offset: le_u64(b, 8),
+        metadata_len: le_u64(b, 16),
+        metadata_crc32: le_u32(b, 24),
+        metadata_encoding: le_u32(b, 28),
+        file_len: le_u64(b, 32),
+    };
+    if f.file_len != file_len {
+        return Err(ReadError::Truncated {
+            expected: f.file_len,
+            actual: file_len,
+        });
+    }
+    if f.metadata_encoding != METADATA_ENCODING_JSON {
+        return Err(ReadError::BadFooter(format!(
+            "unknown metadata encoding {}",
+            f.metadata_encoding
+        )));
+    }
+    if f.metadata_len > MAX_METADATA_LEN {
+        return Err(ReadError::BadFooter(format!(
+            "metadata length {} exceeds the limit",
+            f.metadata_len
+        )));
+    }
+    let end = f.metadata_offset.checked_add(f.metadata_len);
+    if f.metadata_offset < FIRST_CHUNK_OFFSET || end != file_len.checked_sub(FOOTER_LEN as u64) {
+        return Err(ReadError::BadFooter(format!(
+            "metadata at {}+{} does not end where the footer starts",
+            f.metadata_offset, f.metadata_len
+        )));
+    }
+    Ok(f)
+}
+
+/// An open, validated image.
+#[derive(Debug)]
+pub struct ImageFile {
+    pub header: Header,
+    pub footer: Footer,
+    pub metadata: Metadata,
+    file: File,
+}
+
+impl ImageFile {
+    /// Opens `path`, checks header, footer, metadata checksum and consistency.
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let file = File::open(path)
+            .map_err(|e| ReadError::Io(format!("cannot open {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| ReadError::Io(format!("cannot stat {}", path.display()), e))?
+            .len();
+        if len < FIRST_CHUNK_OFFSET + FOOTER_LEN as u64 {
+            return Err(ReadError::TooShort { len });
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        read_exact_at(&file, &mut hb, 0)?;
+        let header = parse_header(&hb)?;
+        let mut fb = [0u8; FOOTER_LEN];
+        read_exact_at(&file, &mut fb, len - FOOTER_LEN as u64)?;
+        let footer = parse_footer(&fb, len)?;
+        let mut mb = vec![0u8; footer.metadata_len as usize];
+        read_exact_at(&file, &mut mb, footer.metadata_offset)?;
+        if crc32(&mb) != footer.metadata_crc32 {
+            return Err(ReadError::BadCrc {
+                what: "metadata".into(),
+            });
+        }
+        let metadata: Metadata =
+            serde_json::from_slice(&mb).map_err(|e| ReadError::Metadata(e.to_string()))?;
+        validate_metadata(&metadata, footer.metadata_offset).map_err(ReadError::Invalid)?;
+        Ok(ImageFile {
+            header,
+            footer,
+            metadata,
+            file,
+        })
+    }
+
+    /// Reads a chunk's stored bytes and checks their CRC.
+    pub fn read_chunk_stored(&self, index: usize, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+        let chunk = self.chunk(index)?;
+        buf.clear();
+        buf.resize(chunk.stored_len as usize, 0);
+        read_exact_at(&self.file, buf, chunk.offset)?;
+        if crc32(buf) != chunk.crc32 {
+            return Err(ReadError::BadCrc {
+                what: format!("chunk {index} (file offset {})", chunk.offset),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads, checks and decompresses chunk `index` into `out`, which must be `raw_len` long.
+    pub fn read_chunk(
+        &self,
+        index: usize,
+        scratch: &mut Vec<u8>,
+        out: &mut [u8],
+    ) -> Result<(), ReadError> {
+        self.read_chunk_stored(index, scratch)?;
+        let chunk = self.chunk(index)?;
+        decode_chunk(index, chunk, scratch, out)
+    }
+
+    fn chunk(&self, index: usize) -> Result<&Chunk, ReadError> {
+        self.metadata.chunks.get(index).ok_or(ReadError::Chunk {
+            index,
+            reason: "no such chunk".into(),
+        })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Decompresses a chunk's (already CRC-checked) stored bytes into `out`.
+pub fn decode_chunk(
+    index: usize,
+    chunk: &Chunk,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), ReadError> {
+    if out.len() as u64 != chunk.raw_len {
+        return Err(ReadError::Chunk {
+            index,
+            reason: "output buffer size mismatch".into(),
+        });
+    }
+    match chunk.compression {
+        Compression::None => {
+            if stored.len() != out.len() {
+                return Err(ReadError::Chunk {
+                    index,
+                    reason: "stored length differs from raw length".into(),
+                });
+            }
+            out.copy_from_slice(stored);
+        }
+        Compression::Zstd => {
+            let n =
+                zstd::bulk::decompress_to_buffer(stored, out).map_err(|e| ReadError::Chunk {
+                    index,
+                    reason: format!("zstd: {e}"),
+                })?;
+            if n != out.len() {
+                return Err(ReadError::Chunk {
+                    index,
+                    reason: format!("decompressed to {n} bytes, expected {}", out.len()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> Result<(), ReadError> {
+    file.read_exact_at(buf, at)
+        .map_err(|e| ReadError::Io(format!("reading {} bytes at offset {at}", buf.len()), e))
+}

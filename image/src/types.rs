@@ -1,0 +1,327 @@
+//! The metadata of an image: everything but the page contents.
+//!
+//! Serialized as JSON (field names as written here, enums externally tagged by
+//! `kind`). Addresses and sizes are exact unsigned 64-bit integers.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything an image records besides the pages themselves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub process: ProcessInfo,
+    pub checkpoint: CheckpointInfo,
+    pub cpu: CpuInfo,
+    pub library: LibraryInfo,
+    pub mm: MmFields,
+    pub threads: Vec<ThreadState>,
+    /// Sorted by `start`, non-overlapping, page-aligned.
+    pub mappings: Vec<Mapping>,
+    /// The page index: which pages each chunk holds, in chunk order.
+    pub chunks: Vec<Chunk>,
+    pub fds: Vec<FdEntry>,
+    /// Dispositions of signals 1..=64 other than SIGKILL and SIGSTOP, as the kernel reports them.
+    pub signals: Vec<SigAction>,
+    pub rlimits: Vec<Rlimit>,
+    pub stats: Stats,
+    /// Things the writer could not capture faithfully, in words a user can act on.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// `/proc/self/exe` at checkpoint time.
+    pub exe: String,
+    /// Command line, NUL-separated arguments as in `/proc/self/cmdline`.
+    pub cmdline: Vec<String>,
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub cwd: String,
+    pub umask: u32,
+    pub hostname: String,
+    pub kernel_release: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// Per-process sequence number, starting at 1.
+    pub seq: u64,
+    /// `signal`, `interval` or `api`.
+    pub trigger: String,
+    /// Id of the `forkpoint checkpoint` request, 0 for a plain signal, timer or API call.
+    pub request_id: u64,
+    /// Wall-clock time of the fork, nanoseconds since the Unix epoch.
+    pub time_unix_ns: u64,
+    /// How many restores preceded this checkpoint in the process's lineage.
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuInfo {
+    pub vendor: String,
+    /// CPUID leaf 1 ECX, EDX; leaf 7 subleaf 0 EBX, ECX, EDX: features the program may
+    /// have selected code paths by. The restoring CPU must have all of them.
+    pub cpuid_1_ecx: u32,
+    pub cpuid_1_edx: u32,
+    pub cpuid_7_ebx: u32,
+    pub cpuid_7_ecx: u32,
+    pub cpuid_7_edx: u32,
+    /// XCR0 at checkpoint: the xsave features enabled.
+    pub xcr0: u64,
+    /// Xsave features present in the saved signal frames (XSTATE_BV): the restoring
+    /// kernel must enable every one, or the vector state cannot be restored.
+    pub xsave_required: u64,
+    /// Size of the xsave area in the signal frame (`fpx_sw_bytes.extended_size`).
+    pub xsave_frame_size: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LibraryInfo {
+    pub version: String,
+    /// Address of the library's restore-info block (see `restore_info`).
+    pub restore_info_addr: u64,
+}
+
+/// The kernel's `mm_struct` fields `PR_SET_MM_MAP` restores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// `/proc/self/auxv` as (type, value) pairs flattened, AT_NULL included.
+    pub auxv: Vec<u64>,
+}
+
+/// Registers of the point where a thread resumes: inside the library's fork point, so the
+/// library runs its after-restore code before returning to the application (the signal
+/// frame the kernel pushed when the checkpoint signal arrived is in the saved stack).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRegs {
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rsp: u64,
+    pub rip: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThreadState {
+    pub tid: i32,
+    pub name: String,
+    pub regs: ResumeRegs,
+    pub fs_base: u64,
+    /// Signal mask at the resume point (the handler's mask; the application's own is in the
+    /// signal frame on its stack).
+    pub sigmask: u64,
+    pub sigaltstack: AltStack,
+    /// `PR_GET_TID_ADDRESS`: glibc's `&pthread->tid`, set again with `set_tid_address`.
+    pub tid_address: u64,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    pub rseq: Option<Rseq>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+/// Protection bits as in `mmap`: 1 read, 2 write, 4 exec.
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub shared: bool,
+    /// File offset for file mappings, 0 otherwise.
+    pub offset: u64,
+    /// The pathname column of `/proc/self/maps` (`[heap]`, `/usr/lib/...`, empty).
+    pub name: String,
+    pub kind: MappingKind,
+    pub contents: Contents,
+}
+
+/// Identity of a file as seen at checkpoint time; a restart checks it has not changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: String,
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MappingKind {
+    /// Private anonymous memory (also `.bss`, thread stacks, malloc arenas).
+    Anonymous,
+    Heap,
+    Stack,
+    /// Private mapping of a file: clean pages come from the file, written ones from the image.
+    File {
+        file: FileId,
+    },
+    /// Shared mapping of a file: remapped from the file, nothing stored.
+    SharedFile {
+        file: FileId,
+    },
+    /// Shared anonymous memory (also `/dev/zero`, SysV, memfd): contents stored.
+    SharedAnonymous,
+    Vdso {
+        crc32: u32,
+    },
+    Vvar,
+    VvarVclock,
+    Vsyscall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contents {
+    /// Present non-zero pages are in chunks; the others read as zero (or come from the file).
+    Stored,
+    /// Nothing stored: recreated by the kernel (vdso, vvar, vsyscall) or from the file.
+    NotStored,
+    /// Reserved but deliberately not saved (the library's own writer stack): restored empty.
+    Empty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    Zstd,
+    /// Stored as is (level 0); page-aligned in the file so a restart could map it.
+    None,
+}
+
+/// A run of consecutive pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub addr: u64,
+    pub pages: u64,
+}
+
+/// One compressed block of pages in the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub offset: u64,
+    pub stored_len: u64,
+    /// Uncompressed length: the pages of `runs`, concatenated, times PAGE_SIZE.
+    pub raw_len: u64,
+    pub compression: Compression,
+    /// CRC-32 of the stored bytes.
+    pub crc32: u32,
+    pub runs: Vec<PageRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FdEntry {
+    pub fd: i32,
+    /// `fcntl(F_GETFL)` flags.
+    pub flags: i32,
+    pub cloexec: bool,
+    pub offset: i64,
+    /// The `/proc/self/fd/N` link target.
+    pub path: String,
+    pub kind: FdKind,
+    pub restore: FdRestore,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FdKind {
+    Regular {
+        file: FileId,
+    },
+    Directory,
+    CharDevice {
+        rdev: u64,
+    },
+    Tty {
+        rdev: u64,
+    },
+    Pipe,
+    Socket,
+    /// Anything else: eventfd, epoll, deleted files, ... (`path` says what).
+    Other,
+}
+
+/// How a restart brings the descriptor back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum FdRestore {
+    /// Opened again by path with the saved flags (never truncated) and offset.
+    Reopen,
+    /// Standard stream taken from whoever runs `forkpoint restart`.
+    Inherit,
+    /// Not restorable here: `/dev/null` in its place, and the reason.
+    DevNull { reason: String },
+}
+
+/// A signal disposition as the kernel's `struct k_sigaction` holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// What the writer did, for `forkpoint info` and the benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Pages mapped in the address space.
+    pub pages_mapped: u64,
+    /// Pages stored in chunks.
+    pub pages_stored: u64,
+    /// Present pages not stored because they were all zero.
+    pub pages_zero: u64,
+    /// Pages left to the file (clean pages of private file mappings, shared file mappings).
+    pub pages_from_file: u64,
+    /// Pages never touched (not present, not swapped).
+    pub pages_untouched: u64,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    /// Time the application was stopped for the fork, nanoseconds.
+    pub pause_ns: u64,
+    /// Time from the fork to the metadata being written, nanoseconds.
+    pub write_ns: u64,
+    pub zstd_level: i32,
+}
