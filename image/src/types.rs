@@ -106,6 +106,7 @@ pub struct MmFields {
 /// Registers of the point where a thread resumes: inside the library's fork point, so the
 /// library runs its after-restore code before returning to the application (the signal
 /// frame the kernel pushed when the checkpoint signal arrived is in the saved stack).
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeRegs {
     pub rbx: u64,

@@ -1,0 +1,99 @@
+//! The fork point: saves the registers a restore resumes with, then forks with a raw `clone`.
+//!
+//! Async-signal-safe: called from the checkpoint handler; the child side runs on its own
+//! stack and never returns into the caller's frames (so the saved stack stays exactly as it
+//! was at the fork). In a restored process the restore blob jumps to the saved `rip` with
+//! `rax = RESUME_RESTORED`, and `fp_fork` returns that value to its caller.
+
+use core::arch::global_asm;
+
+use forkpoint_image::ResumeRegs;
+
+// fp_fork(regs: *mut ResumeRegs, clone_flags: u64, child_sp: u64, child_fn: extern "C" fn() -> !) -> i64
+//
+// Stores rbx, rbp, r12-r15, rsp (pointing at our return address) and the resume rip (label
+// 2) into *regs, then clone(flags, child_sp, 0, 0, 0). The child starts on child_sp and calls
+// child_fn; the parent (and a restored process, resuming at 2) returns rax.
+global_asm!(
+    ".pushsection .text.fp_fork,\"ax\",@progbits",
+    ".globl fp_fork",
+    ".hidden fp_fork",
+    ".type fp_fork,@function",
+    "fp_fork:",
+    "    mov [rdi + 0], rbx",
+    "    mov [rdi + 8], rbp",
+    "    mov [rdi + 16], r12",
+    "    mov [rdi + 24], r13",
+    "    mov [rdi + 32], r14",
+    "    mov [rdi + 40], r15",
+    "    mov [rdi + 48], rsp",
+    "    lea rax, [rip + 2f]",
+    "    mov [rdi + 56], rax",
+    "    mov r9, rcx",
+    "    mov rdi, rsi",
+    "    mov rsi, rdx",
+    "    xor edx, edx",
+    "    xor r10d, r10d",
+    "    xor r8d, r8d",
+    "    mov eax, 56",
+    "    syscall",
+    "    test rax, rax",
+    "    jnz 2f",
+    "    xor ebp, ebp",
+    "    call r9",
+    "    ud2",
+    "2:",
+    "    ret",
+    ".size fp_fork, .-fp_fork",
+    ".popsection",
+);
+
+extern "C" {
+    fn fp_fork(
+        regs: *mut ResumeRegs,
+        clone_flags: u64,
+        child_sp: u64,
+        child_fn: extern "C" fn() -> !,
+    ) -> i64;
+}
+
+/// What the fork point returned.
+pub enum Forked {
+    /// In the original process: the writer child's pid.
+    Parent(i32),
+    /// In a process the loader restored from an image.
+    Restored,
+    /// clone failed with this errno; no child exists.
+    Failed(i32),
+}
+
+/// Saves the resume registers into `regs` and forks. The child runs `child_fn` on the stack
+/// ending at `child_stack_top` (16-byte aligned) and never returns here.
+///
+/// # Safety
+/// `regs` must stay valid (it is read by the child and saved in the image);
+/// `child_stack_top` must be the top of a mapped, writable stack nothing else uses.
+pub unsafe fn fork_with_resume_point(
+    regs: *mut ResumeRegs,
+    exit_signal: i32,
+    child_stack_top: u64,
+    child_fn: extern "C" fn() -> !,
+) -> Forked {
+    // SAFETY: the caller's contract; fp_fork follows the C ABI and preserves callee-saved
+    // registers in the parent.
+    let r = unsafe {
+        fp_fork(
+            regs,
+            exit_signal as u64 & 0xff,
+            child_stack_top & !15,
+            child_fn,
+        )
+    };
+    if r as u64 == forkpoint_image::RESUME_RESTORED {
+        Forked::Restored
+    } else if r < 0 {
+        Forked::Failed(-r as i32)
+    } else {
+        Forked::Parent(r as i32)
+    }
+}

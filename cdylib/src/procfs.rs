@@ -1,0 +1,240 @@
+//! Parsers for `/proc/self` files and the policy deciding how each mapping is saved.
+//! Pure functions over text, unit-tested without a live process.
+
+use forkpoint_image::{Contents, MappingKind};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    pub name: String,
+}
+
+impl MapsEntry {
+    pub fn prot(&self) -> u32 {
+        (self.read as u32) | (self.write as u32) << 1 | (self.exec as u32) << 2
+    }
+}
+
+/// Parses `start-end perms offset major:minor inode   name`.
+pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = it.next()?;
+    let dev = it.next()?;
+    let inode = it.next()?;
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(MapsEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev_major: u32::from_str_radix(maj, 16).ok()?,
+        dev_minor: u32::from_str_radix(min, 16).ok()?,
+        inode: inode.parse().ok()?,
+        name,
+    })
+}
+
+pub fn parse_maps(text: &str) -> Vec<MapsEntry> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+/// How the writer treats a mapping, before looking at its pages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Store pages per the kind's rule.
+    Save(MappingKind, Contents),
+    /// A private or shared mapping of a regular file at `path` (to be stat'ed).
+    File { path: String, shared: bool },
+    /// A mapping of a file that is gone or was replaced: its contents are stored and it comes
+    /// back as anonymous memory.
+    Orphaned { shared: bool, why: String },
+    /// Cannot be saved; the reason goes into the warnings.
+    Skip(String),
+}
+
+const DELETED: &str = " (deleted)";
+
+pub fn plan_mapping(e: &MapsEntry) -> Plan {
+    let name = e.name.as_str();
+    match name {
+        "[heap]" => Plan::Save(MappingKind::Heap, Contents::Stored),
+        "[stack]" => Plan::Save(MappingKind::Stack, Contents::Stored),
+        "[vdso]" => Plan::Save(MappingKind::Vdso { crc32: 0 }, Contents::NotStored),
+        "[vvar]" => Plan::Save(MappingKind::Vvar, Contents::NotStored),
+        "[vvar_vclock]" => Plan::Save(MappingKind::VvarVclock, Contents::NotStored),
+        "[vsyscall]" => Plan::Save(MappingKind::Vsyscall, Contents::NotStored),
+        "" => Plan::Save(anon_kind(e.shared), Contents::Stored),
+        _ if name.starts_with("[anon:")
+            || name.starts_with("[anon_shmem:")
+            || name.starts_with("[stack:") =>
+        {
+            Plan::Save(anon_kind(e.shared), Contents::Stored)
+        }
+        _ if name.starts_with('/') && e.inode != 0 => {
+            if let Some(path) = name.strip_suffix(DELETED) {
+                Plan::Orphaned {
+                    shared: e.shared,
+                    why: format!("{path} was deleted"),
+                }
+            } else if name.starts_with("/dev/zero")
+                || name.starts_with("/SYSV")
+                || name.starts_with("/memfd:")
+            {
+                Plan::Orphaned {
+                    shared: e.shared,
+                    why: format!("{name} is not a regular file"),
+                }
+            } else {
+                Plan::File {
+                    path: name.to_string(),
+                    shared: e.shared,
+                }
+            }
+        }
+        _ => Plan::Skip(format!(
+            "mapping {:#x}-{:#x} {name:?} is of a kind forkpoint cannot save",
+            e.start, e.end
+        )),
+    }
+}
+
+fn anon_kind(shared: bool) -> MappingKind {
+    if shared {
+        MappingKind::SharedAnonymous
+    } else {
+        MappingKind::Anonymous
+    }
+}
+
+/// pagemap bits (Documentation/admin-guide/mm/pagemap.rst).
+pub const PM_PRESENT: u64 = 1 << 63;
+pub const PM_SWAPPED: u64 = 1 << 62;
+pub const PM_FILE_OR_SHARED: u64 = 1 << 61;
+
+/// Whether a page with this pagemap entry holds data only the process has (and so must be
+/// stored): present or swapped, and for private file mappings no longer the file's page.
+pub fn page_needs_saving(entry: u64, private_file: bool) -> bool {
+    if entry & PM_SWAPPED != 0 {
+        return true;
+    }
+    if entry & PM_PRESENT == 0 {
+        return false;
+    }
+    !(private_file && entry & PM_FILE_OR_SHARED != 0)
+}
+
+/// Fields of `/proc/self/stat` after the `(comm)` field, numbered as in proc(5).
+pub fn stat_fields(stat: &str) -> Option<Vec<u64>> {
+    let close = stat.rfind(')')?;
+    // Field 3 onwards; field 3 (state) is a letter: keep numbering by pushing a 0.
+    let mut out = vec![0u64, 0, 0]; // indexes 0..=2 unused (pid, comm)
+    for (i, f) in stat[close + 1..].split_whitespace().enumerate() {
+        if i == 0 {
+            out.push(0);
+        } else {
+            out.push(f.parse::<i64>().map(|v| v as u64).unwrap_or(0));
+        }
+    }
+    Some(out)
+}
+
+/// A `Key:\tvalue` line of `/proc/self/status`.
+pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let e = parse_maps_line("7f0e1c000000-7f0e1c021000 rw-p 00000000 00:00 0 ").unwrap();
+        assert_eq!(
+            (e.start, e.end, e.prot(), e.shared, e.name.as_str()),
+            (0x7f0e1c000000, 0x7f0e1c021000, 3, false, "")
+        );
+        let e = parse_maps_line(
+            "55d4c2a00000-55d4c2a02000 r-xp 00002000 fe:01 1234   /usr/bin/my prog",
+        )
+        .unwrap();
+        assert_eq!(
+            (e.offset, e.dev_major, e.dev_minor, e.inode, e.prot()),
+            (0x2000, 0xfe, 1, 1234, 5)
+        );
+        assert_eq!(e.name, "/usr/bin/my prog");
+        let e = parse_maps_line(
+            "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]",
+        )
+        .unwrap();
+        assert_eq!(e.name, "[vsyscall]");
+        assert!(parse_maps_line("garbage").is_none());
+    }
+
+    #[test]
+    fn plans_mappings() {
+        let mut e = parse_maps_line("1000-2000 rw-p 00000000 00:00 0 [heap]").unwrap();
+        assert_eq!(
+            plan_mapping(&e),
+            Plan::Save(MappingKind::Heap, Contents::Stored)
+        );
+        e.name = "/lib/x.so".into();
+        e.inode = 7;
+        assert_eq!(
+            plan_mapping(&e),
+            Plan::File {
+                path: "/lib/x.so".into(),
+                shared: false
+            }
+        );
+        e.name = "/tmp/gone (deleted)".into();
+        assert!(matches!(plan_mapping(&e), Plan::Orphaned { .. }));
+        e.name = "[uprobes]".into();
+        assert!(matches!(plan_mapping(&e), Plan::Skip(_)));
+    }
+
+    #[test]
+    fn page_rules() {
+        assert!(!page_needs_saving(0, false));
+        assert!(page_needs_saving(PM_PRESENT, false));
+        assert!(page_needs_saving(PM_PRESENT | PM_FILE_OR_SHARED, false));
+        assert!(!page_needs_saving(PM_PRESENT | PM_FILE_OR_SHARED, true));
+        assert!(page_needs_saving(PM_PRESENT, true));
+        assert!(page_needs_saving(PM_SWAPPED, true));
+    }
+
+    #[test]
+    fn stat_numbering() {
+        let f = stat_fields("42 (a) b) R 1 2 3 4 5 6 7 8 9 10").unwrap();
+        assert_eq!(f[4], 1);
+        assert_eq!(f[13], 10);
+        assert_eq!(
+            status_field("Umask:\t0022\nUid:\t1 2 3 4\n", "Uid"),
+            Some("1 2 3 4")
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! State shared between `init`, the signal handler, the API and the forked writer.
+//!
+//! Plain statics, no locks: the checkpoint path is serialized by [`CHECKPOINT_BUSY`], and the
+//! writer child reads a copy-on-write snapshot of [`CAPTURE`] taken at the fork.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
+use std::sync::OnceLock;
+
+use forkpoint_image::ResumeRegs;
+
+use crate::config::Config;
+use crate::fixbuf::FixBuf;
+
+/// A static only one party writes at a time (see the module doc for who and when).
+pub struct Global<T>(UnsafeCell<T>);
+
+// SAFETY: access is serialized by CHECKPOINT_BUSY (handler) or happens in the single-threaded
+// writer child; see each use.
+unsafe impl<T> Sync for Global<T> {}
+
+impl<T> Global<T> {
+    pub const fn new(v: T) -> Self {
+        Global(UnsafeCell::new(v))
+    }
+    pub fn get(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
+pub const MAX_FDS: usize = 4096;
+
+/// How the checkpoint was asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Trigger {
+    Signal,
+    Interval,
+    Api,
+    Request,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Signal => "signal",
+            Trigger::Interval => "interval",
+            Trigger::Api => "api",
+            Trigger::Request => "request",
+        }
+    }
+}
+
+/// What the handler captures before the fork: what only this thread can read, or what the
+/// parent will change after the fork (file offsets are shared with the child).
+#[repr(C)]
+pub struct Capture {
+    pub regs: ResumeRegs,
+    pub pid: i32,
+    pub tid: i32,
+    pub name: [u8; 16],
+    pub fs_base: u64,
+    pub sigmask: u64,
+    pub altstack: (u64, i32, u64),
+    pub tid_address: u64,
+    pub robust_list: (u64, u64),
+    pub rseq: Option<(u64, u32, u32)>,
+    pub xstate_bv: u64,
+    pub xsave_size: u32,
+    pub trigger: Trigger,
+    pub request_id: u64,
+    pub seq: u64,
+    pub generation: u64,
+    pub t_start_ns: u64,
+    pub time_unix_ns: u64,
+    pub fd_offsets: [(i32, i64); MAX_FDS],
+    pub n_fds: usize,
+    pub fds_truncated: bool,
+    /// Final image path; the writer creates `<out_path>.tmp` first.
+    pub out_path: FixBuf<4096>,
+    /// Where the result goes (`<runtime>/<pid>/report.<id>`).
+    pub report_path: FixBuf<4096>,
+}
+
+pub static CAPTURE: Global<Capture> = Global::new(Capture {
+    regs: ResumeRegs {
+        rbx: 0,
+        rbp: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+        r15: 0,
+        rsp: 0,
+        rip: 0,
+    },
+    pid: 0,
+    tid: 0,
+    name: [0; 16],
+    fs_base: 0,
+    sigmask: 0,
+    altstack: (0, 0, 0),
+    tid_address: 0,
+    robust_list: (0, 0),
+    rseq: None,
+    xstate_bv: 0,
+    xsave_size: 0,
+    trigger: Trigger::Signal,
+    request_id: 0,
+    seq: 0,
+    generation: 0,
+    t_start_ns: 0,
+    time_unix_ns: 0,
+    fd_offsets: [(0, 0); MAX_FDS],
+    n_fds: 0,
+    fds_truncated: false,
+    out_path: FixBuf::new(),
+    report_path: FixBuf::new(),
+});
+
+/// Set while a thread is inside the checkpoint path.
+pub static CHECKPOINT_BUSY: AtomicBool = AtomicBool::new(false);
+/// The writer child being waited for, 0 if none.
+pub static WRITER_PID: AtomicI32 = AtomicI32::new(0);
+/// wait status of the last writer reaped by the handler, and its pid.
+pub static LAST_WRITER: AtomicU64 = AtomicU64::new(0);
+/// Set by `forkpoint_checkpoint` around its self-signal.
+pub static API_PENDING: AtomicBool = AtomicBool::new(false);
+/// Set by the handler when the API-triggered checkpoint resumed in a restored process.
+pub static API_RESTORED: AtomicBool = AtomicBool::new(false);
+/// Set by the handler when the API-triggered checkpoint failed before forking.
+pub static API_FAILED: AtomicBool = AtomicBool::new(false);
+/// Checkpoints taken by this process lineage (last sequence number used).
+pub static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Restores this process lineage went through.
+pub static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// POSIX timer of FORKPOINT_INTERVAL (-1 if none).
+pub static TIMER_ID: AtomicI32 = AtomicI32::new(-1);
+
+/// Filled once by `init`.
+pub struct Runtime {
+    pub config: Config,
+    /// Short program name for default image names.
+    pub prog: String,
+    /// The writer child's stack (start, end).
+    pub child_stack: (usize, usize),
+    /// glibc's `__rseq_offset` and `__rseq_size` (size 0: rseq not registered by glibc).
+    pub rseq_offset: i64,
+    pub rseq_size: u32,
+}
+
+pub static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// Written by the restart loader into the restored memory (layout in
+/// `forkpoint_image::restore_info`).
+#[repr(C, align(8))]
+pub struct RestoreInfo(pub [u64; 4]);
+
+pub static RESTORE_INFO: Global<RestoreInfo> = Global::new(RestoreInfo([0; 4]));

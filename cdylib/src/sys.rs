@@ -1,0 +1,428 @@
+//! Raw Linux syscalls for the signal handler and the forked writer.
+//!
+//! Async-signal-safe by construction: every function here is one `syscall` instruction and
+//! touches no libc state (not even `errno`). Errors come back as `Err(errno)`.
+//! This is one of the few modules with `unsafe`; callers pass plain slices and
+//! NUL-terminated byte strings.
+
+use core::arch::asm;
+
+pub type SysResult = Result<usize, i32>;
+
+#[inline(always)]
+fn check(ret: isize) -> SysResult {
+    if (-4095..0).contains(&ret) {
+        Err((-ret) as i32)
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// # Safety
+/// The caller upholds the contract of syscall `nr` for these arguments (valid pointers
+/// for the lengths given, no aliasing of Rust references the kernel writes to).
+#[inline(always)]
+pub unsafe fn syscall6(
+    nr: i64,
+    a1: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+    a6: usize,
+) -> isize {
+    let ret: isize;
+    // SAFETY: the x86-64 syscall ABI: rax number, rdi rsi rdx r10 r8 r9 arguments, rcx and
+    // r11 clobbered; memory effects are the caller's contract (see above).
+    unsafe {
+        asm!("syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a1, in("rsi") a2, in("rdx") a3, in("r10") a4, in("r8") a5, in("r9") a6,
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack));
+    }
+    ret
+}
+
+macro_rules! sc {
+    ($nr:expr) => { sc!($nr, 0, 0, 0, 0, 0, 0) };
+    ($nr:expr, $a:expr) => { sc!($nr, $a, 0, 0, 0, 0, 0) };
+    ($nr:expr, $a:expr, $b:expr) => { sc!($nr, $a, $b, 0, 0, 0, 0) };
+    ($nr:expr, $a:expr, $b:expr, $c:expr) => { sc!($nr, $a, $b, $c, 0, 0, 0) };
+    ($nr:expr, $a:expr, $b:expr, $c:expr, $d:expr) => { sc!($nr, $a, $b, $c, $d, 0, 0) };
+    ($nr:expr, $a:expr, $b:expr, $c:expr, $d:expr, $e:expr) => { sc!($nr, $a, $b, $c, $d, $e, 0) };
+    ($nr:expr, $a:expr, $b:expr, $c:expr, $d:expr, $e:expr, $f:expr) => {
+        check(syscall6($nr, $a as usize, $b as usize, $c as usize, $d as usize, $e as usize, $f as usize))
+    };
+}
+
+/// A path or name for the kernel: must end with a NUL byte.
+fn cstr(path: &[u8]) -> *const u8 {
+    debug_assert!(path.last() == Some(&0));
+    if path.last() == Some(&0) {
+        path.as_ptr()
+    } else {
+        b"\0".as_ptr()
+    }
+}
+
+pub fn read(fd: i32, buf: &mut [u8]) -> SysResult {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    unsafe { sc!(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) }
+}
+
+pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> SysResult {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    unsafe { sc!(libc::SYS_pread64, fd, buf.as_mut_ptr(), buf.len(), off) }
+}
+
+pub fn write(fd: i32, buf: &[u8]) -> SysResult {
+    // SAFETY: the kernel reads buf.len() bytes from buf.
+    unsafe { sc!(libc::SYS_write, fd, buf.as_ptr(), buf.len()) }
+}
+
+/// Writes all of `buf`, retrying short writes and EINTR.
+pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<(), i32> {
+    while !buf.is_empty() {
+        match write(fd, buf) {
+            Ok(0) => return Err(libc::EIO),
+            Ok(n) => buf = &buf[n..],
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+pub fn read_full(fd: i32, buf: &mut [u8]) -> SysResult {
+    let mut n = 0;
+    while n < buf.len() {
+        match read(fd, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+pub fn open(path: &[u8], flags: i32, mode: u32) -> Result<i32, i32> {
+    // SAFETY: path is NUL-terminated (cstr).
+    unsafe { sc!(libc::SYS_openat, libc::AT_FDCWD, cstr(path), flags, mode) }.map(|fd| fd as i32)
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor has no memory effects.
+    let _ = unsafe { sc!(libc::SYS_close, fd) };
+}
+
+pub fn lseek(fd: i32, off: i64, whence: i32) -> Result<i64, i32> {
+    // SAFETY: no memory effects.
+    unsafe { sc!(libc::SYS_lseek, fd, off, whence) }.map(|x| x as i64)
+}
+
+pub fn fsync(fd: i32) -> SysResult {
+    // SAFETY: no memory effects.
+    unsafe { sc!(libc::SYS_fsync, fd) }
+}
+
+pub fn rename(from: &[u8], to: &[u8]) -> SysResult {
+    // SAFETY: both paths are NUL-terminated.
+    unsafe {
+        sc!(
+            libc::SYS_renameat,
+            libc::AT_FDCWD,
+            cstr(from),
+            libc::AT_FDCWD,
+            cstr(to)
+        )
+    }
+}
+
+pub fn unlink(path: &[u8]) -> SysResult {
+    // SAFETY: path is NUL-terminated.
+    unsafe { sc!(libc::SYS_unlinkat, libc::AT_FDCWD, cstr(path), 0) }
+}
+
+pub fn mkdir(path: &[u8], mode: u32) -> SysResult {
+    // SAFETY: path is NUL-terminated.
+    unsafe { sc!(libc::SYS_mkdirat, libc::AT_FDCWD, cstr(path), mode) }
+}
+
+pub fn fstat(fd: i32) -> Result<libc::stat, i32> {
+    // SAFETY: libc::stat is plain data; the kernel fills it.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: st is a valid, writable struct stat.
+    unsafe { sc!(libc::SYS_fstat, fd, &mut st as *mut libc::stat) }.map(|_| st)
+}
+
+pub fn stat(path: &[u8]) -> Result<libc::stat, i32> {
+    // SAFETY: libc::stat is plain data.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: path NUL-terminated, st writable.
+    unsafe {
+        sc!(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            cstr(path),
+            &mut st as *mut libc::stat,
+            0
+        )
+    }
+    .map(|_| st)
+}
+
+pub fn readlink(path: &[u8], buf: &mut [u8]) -> SysResult {
+    // SAFETY: path NUL-terminated; at most buf.len() bytes written.
+    unsafe {
+        sc!(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            cstr(path),
+            buf.as_mut_ptr(),
+            buf.len()
+        )
+    }
+}
+
+pub fn getdents64(fd: i32, buf: &mut [u8]) -> SysResult {
+    // SAFETY: at most buf.len() bytes written.
+    unsafe { sc!(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) }
+}
+
+pub fn fcntl(fd: i32, cmd: i32, arg: usize) -> SysResult {
+    // SAFETY: used only with integer-argument commands (F_GETFL, F_GETFD).
+    unsafe { sc!(libc::SYS_fcntl, fd, cmd, arg) }
+}
+
+/// # Safety
+/// As `mmap(2)`: with MAP_FIXED the range must not hold memory anything still uses.
+pub unsafe fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: u64) -> SysResult {
+    // SAFETY: the caller's contract.
+    unsafe { sc!(libc::SYS_mmap, addr, len, prot, flags, fd, off) }
+}
+
+/// # Safety
+/// Nothing may use the range afterwards.
+pub unsafe fn munmap(addr: usize, len: usize) -> SysResult {
+    // SAFETY: the caller's contract.
+    unsafe { sc!(libc::SYS_munmap, addr, len) }
+}
+
+/// # Safety
+/// As `madvise(2)`: MADV_DONTNEED discards the range's private contents.
+pub unsafe fn madvise(addr: usize, len: usize, advice: i32) -> SysResult {
+    // SAFETY: the caller's contract.
+    unsafe { sc!(libc::SYS_madvise, addr, len, advice) }
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: no memory effects.
+    unsafe { sc!(libc::SYS_getpid) }.unwrap_or(0) as i32
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: no memory effects.
+    unsafe { sc!(libc::SYS_gettid) }.unwrap_or(0) as i32
+}
+
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult {
+    // SAFETY: no memory effects on this process beyond signal delivery.
+    unsafe { sc!(libc::SYS_tgkill, pid, tid, sig) }
+}
+
+/// Current signal mask of the calling thread (64 signals).
+pub fn sigmask_get() -> u64 {
+    let mut old: u64 = 0;
+    // SAFETY: old is an 8-byte kernel sigset.
+    let _ = unsafe {
+        sc!(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            0,
+            &mut old as *mut u64,
+            8
+        )
+    };
+    old
+}
+
+/// Sets the signal mask with `how` (SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK); returns the old one.
+pub fn sigmask_set(how: i32, set: u64) -> u64 {
+    let mut old: u64 = 0;
+    // SAFETY: set and old are 8-byte kernel sigsets.
+    let _ = unsafe {
+        sc!(
+            libc::SYS_rt_sigprocmask,
+            how,
+            &set as *const u64,
+            &mut old as *mut u64,
+            8
+        )
+    };
+    old
+}
+
+/// The kernel's `struct sigaction` on x86-64.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct KernelSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+pub fn sigaction_get(sig: i32) -> Result<KernelSigaction, i32> {
+    let mut old = KernelSigaction::default();
+    // SAFETY: old is a writable kernel sigaction; 8 is the kernel sigset size.
+    unsafe {
+        sc!(
+            libc::SYS_rt_sigaction,
+            sig,
+            0,
+            &mut old as *mut KernelSigaction,
+            8
+        )
+    }
+    .map(|_| old)
+}
+
+pub fn sigaltstack_get() -> libc::stack_t {
+    let mut ss = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: ss is a writable stack_t.
+    let _ = unsafe { sc!(libc::SYS_sigaltstack, 0, &mut ss as *mut libc::stack_t) };
+    ss
+}
+
+pub fn prctl(op: i32, a2: usize, a3: usize, a4: usize, a5: usize) -> SysResult {
+    // SAFETY: used with PR_GET_TID_ADDRESS (writes one pointer to a2), PR_GET_NAME (16 bytes)
+    // and integer-only options; callers pass matching buffers.
+    unsafe { sc!(libc::SYS_prctl, op, a2, a3, a4, a5) }
+}
+
+pub fn get_robust_list() -> (u64, u64) {
+    let mut head: u64 = 0;
+    let mut len: u64 = 0;
+    // SAFETY: head and len are writable words.
+    let _ = unsafe {
+        sc!(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut u64,
+            &mut len as *mut u64
+        )
+    };
+    (head, len)
+}
+
+pub fn arch_get_fs() -> u64 {
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one word.
+    let _ = unsafe { sc!(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64) };
+    fs
+}
+
+/// Reaps child `pid` if it exited (`__WCLONE`: our writers do not signal SIGCHLD).
+pub fn wait_clone(pid: i32, nohang: bool) -> Result<(i32, i32), i32> {
+    let mut status: i32 = 0;
+    let flags = libc::__WCLONE | if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: status is a writable int; rusage NULL.
+    unsafe { sc!(libc::SYS_wait4, pid, &mut status as *mut i32, flags, 0) }
+        .map(|p| (p as i32, status))
+}
+
+pub fn clock_ns(clock: i32) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a writable timespec.
+    let _ = unsafe {
+        sc!(
+            libc::SYS_clock_gettime,
+            clock,
+            &mut ts as *mut libc::timespec
+        )
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+pub fn exit_group(code: i32) -> ! {
+    // SAFETY: ends the process.
+    unsafe {
+        let _ = sc!(libc::SYS_exit_group, code);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+pub fn prlimit(resource: u32) -> Result<(u64, u64), i32> {
+    let mut lim = [0u64; 2];
+    // SAFETY: lim is a writable struct rlimit64.
+    unsafe { sc!(libc::SYS_prlimit64, 0, resource, 0, lim.as_mut_ptr()) }.map(|_| (lim[0], lim[1]))
+}
+
+pub fn uname() -> libc::utsname {
+    // SAFETY: utsname is plain data.
+    let mut u: libc::utsname = unsafe { core::mem::zeroed() };
+    // SAFETY: u is writable.
+    let _ = unsafe { sc!(libc::SYS_uname, &mut u as *mut libc::utsname) };
+    u
+}
+
+pub fn setpriority_self(nice: i32) {
+    // SAFETY: no memory effects.
+    let _ = unsafe { sc!(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, nice) };
+}
+
+/// Creates a POSIX timer delivering `sig` to the process; returns its id.
+pub fn timer_create_signal(clock: i32, sig: i32) -> Result<i32, i32> {
+    // SAFETY: sigevent is plain data.
+    let mut ev: libc::sigevent = unsafe { core::mem::zeroed() };
+    ev.sigev_notify = libc::SIGEV_SIGNAL;
+    ev.sigev_signo = sig;
+    let mut id: i32 = 0;
+    // SAFETY: ev readable, id writable.
+    unsafe {
+        sc!(
+            libc::SYS_timer_create,
+            clock,
+            &ev as *const libc::sigevent,
+            &mut id as *mut i32
+        )
+    }
+    .map(|_| id)
+}
+
+pub fn timer_settime_interval(id: i32, interval_ns: u64) -> SysResult {
+    let ts = libc::timespec {
+        tv_sec: (interval_ns / 1_000_000_000) as i64,
+        tv_nsec: (interval_ns % 1_000_000_000) as i64,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts,
+        it_value: ts,
+    };
+    // SAFETY: spec readable, old value NULL.
+    unsafe {
+        sc!(
+            libc::SYS_timer_settime,
+            id,
+            0,
+            &spec as *const libc::itimerspec,
+            0
+        )
+    }
+}

@@ -1,0 +1,897 @@
+//! The forked writer: walks its own (copy-on-write) address space and writes the image.
+//!
+//! Runs in the child of `clone`, which has one thread and a copy of a process whose other
+//! threads may have held any lock. Allowed: raw syscalls (`sys`), allocation (the global
+//! allocator is in arena mode here), core/alloc code, zstd through a static context
+//! (no malloc), serde_json. Not allowed: glibc malloc/stdio/locale, Rust std I/O, threads,
+//! anything that takes a lock; returning into the parent's stack frames.
+
+use forkpoint_image::{
+    self as image, AltStack, Chunk, Compression, Contents, CpuInfo, FdEntry, FdKind, FdRestore,
+    FileId, Footer, Header, Mapping, MappingKind, Metadata, MmFields, PageRun, ProcessInfo, Rlimit,
+    Rseq, SigAction, ThreadState, PAGE_SIZE,
+};
+
+use crate::config::LogLevel;
+use crate::fixbuf::FixBuf;
+use crate::procfs::{self, Plan};
+use crate::report;
+use crate::state::{Capture, CAPTURE, RESTORE_INFO, RUNTIME};
+use crate::sys;
+
+const PAGE: usize = PAGE_SIZE as usize;
+/// Pages per chunk: 4 MiB, large enough for zstd to do well, small enough to bound memory.
+const CHUNK_PAGES: usize = 1024;
+/// pagemap entries read per syscall.
+const PAGEMAP_BATCH: usize = 512;
+
+/// Entry point of the writer child (on the library's writer stack). Never returns.
+pub extern "C" fn writer_main() -> ! {
+    let t_child = sys::monotonic_ns();
+    if crate::arena::enter_writer_mode().is_err() {
+        sys::exit_group(3);
+    }
+    // Signals meant for the application (a terminal's ^C to the process group, the
+    // application's timers) must not run its handlers here. SIGKILL still ends us.
+    sys::sigmask_set(libc::SIG_SETMASK, !0u64);
+    // SAFETY: the child has one thread and the parent no longer writes this copy.
+    let cap: &Capture = unsafe { &*CAPTURE.get() };
+    let Some(rt) = RUNTIME.get() else {
+        sys::exit_group(3)
+    };
+    if let Some(n) = rt.config.writer_nice {
+        sys::setpriority_self(n);
+    }
+    let mut tmp = FixBuf::<4200>::new();
+    tmp.push(cap.out_path.as_bytes()).str(".tmp");
+    match write_image(cap, t_child, &mut tmp) {
+        Ok(done) => {
+            let mut body = FixBuf::<8192>::new();
+            body.str("status=ok\npath=").push(cap.out_path.as_bytes());
+            body.str("\nbytes=")
+                .u64(done.bytes)
+                .str("\npages=")
+                .u64(done.pages);
+            body.str("\npause_us=")
+                .u64(done.pause_ns / 1000)
+                .str("\nwrite_ms=")
+                .u64(done.write_ns / 1_000_000);
+            body.str("\nseq=").u64(cap.seq).str("\n");
+            report::write_report(cap.report_path.as_bytes(), body.as_bytes());
+            let mut l = report::Line::new();
+            l.str("checkpoint ")
+                .u64(cap.seq)
+                .str(" written to ")
+                .push(cap.out_path.as_bytes());
+            l.str(" (")
+                .u64(done.bytes)
+                .str(" bytes, ")
+                .u64(done.pages)
+                .str(" pages, pause ");
+            l.u64(done.pause_ns / 1000)
+                .str(" us, write ")
+                .u64(done.write_ns / 1_000_000)
+                .str(" ms)");
+            report::log(LogLevel::Info, l.as_bytes());
+            sys::exit_group(0)
+        }
+        Err(msg) => {
+            let _ = sys::unlink(tmp.as_cstr());
+            let mut l = report::Line::new();
+            l.str("checkpoint ").u64(cap.seq).str(" failed: ").str(&msg);
+            report::error_report(cap.report_path.as_bytes(), msg.as_bytes());
+            report::log(LogLevel::Info, l.as_bytes());
+            sys::exit_group(1)
+        }
+    }
+}
+
+struct Done {
+    bytes: u64,
+    pages: u64,
+    pause_ns: u64,
+    write_ns: u64,
+}
+
+fn errno_text(e: i32) -> &'static str {
+    match e {
+        libc::ENOENT => "no such file or directory",
+        libc::EACCES => "permission denied",
+        libc::ENOSPC => "no space left on device",
+        libc::EDQUOT => "disk quota exceeded",
+        libc::EROFS => "read-only file system",
+        libc::EEXIST => "file exists",
+        libc::ENOTDIR => "not a directory",
+        libc::EIO => "input/output error",
+        libc::ELOOP => "too many symbolic links (refusing to follow one)",
+        libc::EFBIG => "file too large",
+        _ => "system error",
+    }
+}
+
+fn os_err(what: &str, path: &[u8], e: i32) -> String {
+    format!(
+        "{what} {}: {} (errno {e})",
+        String::from_utf8_lossy(path),
+        errno_text(e)
+    )
+}
+
+/// Sequential output to the temporary image file.
+struct Out {
+    fd: i32,
+    pos: u64,
+    path: Vec<u8>,
+}
+
+impl Out {
+    fn write(&mut self, b: &[u8]) -> Result<(), String> {
+        sys::write_all(self.fd, b).map_err(|e| os_err("cannot write", &self.path, e))?;
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+
+    fn pad_to(&mut self, align: u64) -> Result<(), String> {
+        let rem = self.pos % align;
+        if rem != 0 {
+            let zeros = vec![0u8; (align - rem) as usize];
+            self.write(&zeros)?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects pages into chunks, compresses and writes them.
+struct Chunker {
+    level: i32,
+    raw: Vec<u8>,
+    runs: Vec<PageRun>,
+    /// Whether each run's pages may be dropped from this copy once written.
+    droppable: Vec<bool>,
+    compressed: Vec<u8>,
+    cctx: *mut zstd_sys::ZSTD_CCtx,
+    _cctx_mem: Vec<u8>,
+    chunks: Vec<Chunk>,
+    bytes_raw: u64,
+    bytes_stored: u64,
+}
+
+impl Chunker {
+    fn new(level: i32) -> Result<Chunker, String> {
+        let raw = Vec::with_capacity(CHUNK_PAGES * PAGE);
+        // SAFETY: pure size computations.
+        let bound = unsafe { zstd_sys::ZSTD_compressBound(CHUNK_PAGES * PAGE) };
+        let (cctx, mem) = if level == 0 {
+            (core::ptr::null_mut(), Vec::new())
+        } else {
+            // SAFETY: pure size computation.
+            let size = unsafe { zstd_sys::ZSTD_estimateCCtxSize(level) };
+            let mut mem = vec![0u8; size + 64];
+            let aligned = (mem.as_mut_ptr() as usize + 7) & !7;
+            // SAFETY: `mem` outlives the context (kept in the Chunker) and is 8-aligned; a
+            // static context never allocates.
+            let cctx =
+                unsafe { zstd_sys::ZSTD_initStaticCCtx(aligned as *mut core::ffi::c_void, size) };
+            if cctx.is_null() {
+                return Err("cannot set up the zstd compression context".into());
+            }
+            (cctx, mem)
+        };
+        Ok(Chunker {
+            level,
+            raw,
+            runs: Vec::new(),
+            droppable: Vec::new(),
+            compressed: vec![0u8; bound],
+            cctx,
+            _cctx_mem: mem,
+            chunks: Vec::new(),
+            bytes_raw: 0,
+            bytes_stored: 0,
+        })
+    }
+
+    fn add_page(
+        &mut self,
+        out: &mut Out,
+        addr: u64,
+        page: &[u8],
+        droppable: bool,
+    ) -> Result<(), String> {
+        match self.runs.last_mut() {
+            Some(r)
+                if r.addr + r.pages * PAGE_SIZE == addr
+                    && *self.droppable.last().unwrap_or(&false) == droppable =>
+            {
+                r.pages += 1
+            }
+            _ => {
+                self.runs.push(PageRun { addr, pages: 1 });
+                self.droppable.push(droppable);
+            }
+        }
+        self.raw.extend_from_slice(page);
+        if self.raw.len() >= CHUNK_PAGES * PAGE {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Out) -> Result<(), String> {
+        if self.raw.is_empty() {
+            return Ok(());
+        }
+        let mut compression = Compression::None;
+        let mut stored: &[u8] = &self.raw;
+        if !self.cctx.is_null() {
+            // SAFETY: cctx is a valid static context; src and dst are valid for their lengths.
+            let n = unsafe {
+                zstd_sys::ZSTD_compressCCtx(
+                    self.cctx,
+                    self.compressed.as_mut_ptr() as *mut core::ffi::c_void,
+                    self.compressed.len(),
+                    self.raw.as_ptr() as *const core::ffi::c_void,
+                    self.raw.len(),
+                    self.level,
+                )
+            };
+            // SAFETY: pure check of a return code.
+            if unsafe { zstd_sys::ZSTD_isError(n) } != 0 {
+                return Err("zstd compression failed".into());
+            }
+            if n < self.raw.len() {
+                compression = Compression::Zstd;
+                stored = &self.compressed[..n];
+            }
+        }
+        if compression == Compression::None {
+            // Store-only chunks are page-aligned so a restart could map them directly.
+            out.pad_to(PAGE_SIZE)?;
+        }
+        let offset = out.pos;
+        let crc = image::crc32(stored);
+        let stored_len = stored.len() as u64;
+        // Borrow juggling: write from the buffer we chose.
+        if compression == Compression::Zstd {
+            let n = stored.len();
+            let buf = core::mem::take(&mut self.compressed);
+            let r = out.write(&buf[..n]);
+            self.compressed = buf;
+            r?;
+        } else {
+            let buf = core::mem::take(&mut self.raw);
+            let r = out.write(&buf);
+            self.raw = buf;
+            r?;
+        }
+        self.bytes_raw += self.raw.len() as u64;
+        self.bytes_stored += stored_len;
+        // Once written, this copy of the pages is not needed: dropping it lets the running
+        // application write those pages without copying them.
+        for (r, &drop) in self.runs.iter().zip(&self.droppable) {
+            if drop {
+                // SAFETY: private anonymous pages of the application's snapshot that the
+                // writer never reads again (its own data is excluded from `droppable`).
+                let _ = unsafe {
+                    sys::madvise(
+                        r.addr as usize,
+                        (r.pages * PAGE_SIZE) as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+            }
+        }
+        self.chunks.push(Chunk {
+            offset,
+            stored_len,
+            raw_len: self.raw.len() as u64,
+            compression,
+            crc32: crc,
+            runs: core::mem::take(&mut self.runs),
+        });
+        self.droppable.clear();
+        self.raw.clear();
+        Ok(())
+    }
+}
+
+fn read_proc(path: &[u8]) -> Result<Vec<u8>, String> {
+    let fd = sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| os_err("cannot open", path, e))?;
+    let mut v = Vec::with_capacity(64 << 10);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match sys::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => v.extend_from_slice(&buf[..n]),
+            Err(libc::EINTR) => {}
+            Err(e) => {
+                sys::close(fd);
+                return Err(os_err("cannot read", path, e));
+            }
+        }
+    }
+    sys::close(fd);
+    Ok(v)
+}
+
+fn read_proc_string(path: &[u8]) -> String {
+    read_proc(path)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
+}
+
+fn readlink_string(path: &[u8]) -> String {
+    let mut buf = vec![0u8; 4096];
+    match sys::readlink(path, &mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+fn cpath(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn file_id(path: &str, st: &libc::stat) -> FileId {
+    FileId {
+        path: path.to_string(),
+        dev: st.st_dev,
+        inode: st.st_ino,
+        size: st.st_size as u64,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec,
+    }
+}
+
+fn is_zero_page(p: &[u8]) -> bool {
+    let (pre, words, post) = {
+        // SAFETY: u64 has no invalid bit patterns; align_to splits correctly.
+        unsafe { p.align_to::<u64>() }
+    };
+    pre.iter().all(|&b| b == 0)
+        && post.iter().all(|&b| b == 0)
+        && words.iter().fold(0u64, |a, &w| a | w) == 0
+}
+
+/// Ranges of this library's own mutable state, which the writer keeps using: never dropped.
+fn own_addresses(cap: &Capture) -> [u64; 4] {
+    [
+        CAPTURE.get() as u64,
+        RESTORE_INFO.get() as u64,
+        &crate::state::WRITER_PID as *const _ as u64,
+        cap.fs_base,
+    ]
+}
+
+fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Done, String> {
+    let rt = RUNTIME.get().ok_or("library not initialized")?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let tmp_path = tmp.as_cstr().to_vec();
+    let _ = sys::unlink(&tmp_path);
+    let fd = sys::open(&tmp_path, flags, 0o600)
+        .map_err(|e| os_err("cannot create", &tmp_path[..tmp_path.len() - 1], e))?;
+    let mut out = Out {
+        fd,
+        pos: 0,
+        path: tmp_path[..tmp_path.len() - 1].to_vec(),
+    };
+    let result = write_body(cap, rt, t_child, &mut out);
+    let done = match result {
+        Ok(d) => d,
+        Err(e) => {
+            sys::close(fd);
+            return Err(e);
+        }
+    };
+    sys::fsync(fd).map_err(|e| os_err("cannot fsync", &out.path, e))?;
+    sys::close(fd);
+    let mut fin = FixBuf::<4200>::new();
+    fin.push(cap.out_path.as_bytes());
+    sys::rename(&tmp_path, fin.as_cstr())
+        .map_err(|e| os_err("cannot rename the image to", cap.out_path.as_bytes(), e))?;
+    // The rename is durable once the directory is.
+    let dir_end = cap
+        .out_path
+        .as_bytes()
+        .iter()
+        .rposition(|&c| c == b'/')
+        .unwrap_or(0);
+    let mut dir = FixBuf::<4200>::new();
+    dir.push(if dir_end == 0 {
+        b"/"
+    } else {
+        &cap.out_path.as_bytes()[..dir_end]
+    });
+    if let Ok(dfd) = sys::open(
+        dir.as_cstr(),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) {
+        let _ = sys::fsync(dfd);
+        sys::close(dfd);
+    }
+    Ok(done)
+}
+
+fn write_body(
+    cap: &Capture,
+    rt: &crate::state::Runtime,
+    t_child: u64,
+    out: &mut Out,
+) -> Result<Done, String> {
+    let mut header_page = vec![0u8; PAGE];
+    header_page[..image::HEADER_LEN].copy_from_slice(&Header::current().encode());
+    out.write(&header_page)?;
+
+    let mut meta = Metadata::default();
+    let maps_text = read_proc_string(b"/proc/self/maps\0");
+    let entries = procfs::parse_maps(&maps_text);
+    let pagemap = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| os_err("cannot open", b"/proc/self/pagemap", e))?;
+    let selfmem = sys::open(b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| os_err("cannot open", b"/proc/self/mem", e))?;
+    let (arena_lo, arena_hi) = crate::arena::arena_range();
+    let (stack_lo, stack_hi) = rt.child_stack;
+    let own = own_addresses(cap);
+    let mut chunker = Chunker::new(rt.config.zstd_level)?;
+    let mut pm = vec![0u64; PAGEMAP_BATCH];
+    let mut page_buf = vec![0u8; PAGE];
+
+    let mut prev: Option<&procfs::MapsEntry> = None;
+    for e in &entries {
+        let prev_entry = prev.replace(e);
+        let prev = prev_entry;
+        if e.start >= arena_lo as u64 && e.end <= arena_hi as u64 {
+            continue; // the writer's own arena
+        }
+        meta.stats.pages_mapped += (e.end - e.start) / PAGE_SIZE;
+        if e.start <= stack_lo as u64 && e.end >= stack_hi as u64 {
+            meta.mappings.push(Mapping {
+                start: e.start,
+                end: e.end,
+                prot: e.prot(),
+                shared: e.shared,
+                offset: 0,
+                name: e.name.clone(),
+                kind: MappingKind::Anonymous,
+                contents: Contents::Empty,
+            });
+            continue;
+        }
+        let (kind, contents, private_file, read_all) = match procfs::plan_mapping(e) {
+            Plan::Save(kind, contents) => (kind, contents, false, false),
+            Plan::File { path, shared } => match sys::stat(&cpath(&path)) {
+                Ok(st) if st.st_ino == e.inode && (st.st_mode & libc::S_IFMT) == libc::S_IFREG => {
+                    let id = file_id(&path, &st);
+                    if shared {
+                        (
+                            MappingKind::SharedFile { file: id },
+                            Contents::NotStored,
+                            false,
+                            false,
+                        )
+                    } else {
+                        (
+                            MappingKind::File { file: id },
+                            Contents::Stored,
+                            true,
+                            false,
+                        )
+                    }
+                }
+                _ => {
+                    meta.warnings.push(format!(
+                        "mapping {:#x}-{:#x}: {path} changed or vanished since it was mapped; its contents are saved and it is restored as anonymous memory",
+                        e.start, e.end
+                    ));
+                    (
+                        if shared {
+                            MappingKind::SharedAnonymous
+                        } else {
+                            MappingKind::Anonymous
+                        },
+                        Contents::Stored,
+                        false,
+                        true,
+                    )
+                }
+            },
+            Plan::Orphaned { shared, why } => {
+                meta.warnings.push(format!(
+                    "mapping {:#x}-{:#x}: {why}; its contents are saved and it is restored as {} anonymous memory",
+                    e.start,
+                    e.end,
+                    if shared { "private (no longer shared)" } else { "private" }
+                ));
+                (MappingKind::Anonymous, Contents::Stored, false, true)
+            }
+            Plan::Skip(why) => {
+                meta.warnings.push(why);
+                continue;
+            }
+        };
+        let kind = match kind {
+            MappingKind::Vdso { .. } => {
+                let len = (e.end - e.start) as usize;
+                // SAFETY: the vdso is mapped readable for the whole range in every process.
+                let bytes = unsafe { core::slice::from_raw_parts(e.start as *const u8, len) };
+                MappingKind::Vdso {
+                    crc32: image::crc32(bytes),
+                }
+            }
+            k => k,
+        };
+        if contents == Contents::Stored {
+            // Dropping pages the writer itself may still use would break it: only the heap,
+            // the main stack and large anonymous regions (malloc'd data), never a library's
+            // .bss (anonymous, right after its file mapping) nor our own state.
+            let after_file =
+                prev.is_some_and(|p: &procfs::MapsEntry| p.end == e.start && p.inode != 0);
+            let droppable = !e.shared
+                && match kind {
+                    MappingKind::Heap | MappingKind::Stack => true,
+                    MappingKind::Anonymous => e.end - e.start >= 1 << 20 && !after_file,
+                    _ => false,
+                }
+                && !own.iter().any(|&a| a >= e.start && a < e.end);
+            let readable_direct = e.read && !read_all;
+            let npages = ((e.end - e.start) / PAGE_SIZE) as usize;
+            let mut i = 0;
+            while i < npages {
+                let batch = (npages - i).min(PAGEMAP_BATCH);
+                let addr0 = e.start + i as u64 * PAGE_SIZE;
+                let pm_bytes = {
+                    // SAFETY: u64 slice viewed as bytes for the kernel to fill.
+                    unsafe {
+                        core::slice::from_raw_parts_mut(pm.as_mut_ptr() as *mut u8, batch * 8)
+                    }
+                };
+                let n = sys::pread(pagemap, pm_bytes, addr0 / PAGE_SIZE * 8).unwrap_or(0) / 8;
+                for (k, &entry) in pm.iter().enumerate().take(batch) {
+                    let addr = addr0 + k as u64 * PAGE_SIZE;
+                    let wanted = if read_all {
+                        true
+                    } else {
+                        k < n && procfs::page_needs_saving(entry, private_file)
+                    };
+                    if !wanted {
+                        if private_file && k < n && entry & procfs::PM_PRESENT != 0 {
+                            meta.stats.pages_from_file += 1;
+                        } else {
+                            meta.stats.pages_untouched += 1;
+                        }
+                        continue;
+                    }
+                    let page: &[u8] = if readable_direct {
+                        // SAFETY: a readable page of our own address space, present per pagemap.
+                        unsafe { core::slice::from_raw_parts(addr as *const u8, PAGE) }
+                    } else {
+                        // /proc/self/mem reads through protections and returns EIO past a
+                        // file's end instead of raising SIGBUS.
+                        match sys::pread(selfmem, &mut page_buf, addr) {
+                            Ok(got) if got == PAGE => &page_buf,
+                            _ => {
+                                meta.stats.pages_untouched += 1;
+                                continue;
+                            }
+                        }
+                    };
+                    if is_zero_page(page) {
+                        meta.stats.pages_zero += 1;
+                        continue;
+                    }
+                    meta.stats.pages_stored += 1;
+                    chunker.add_page(out, addr, page, droppable)?;
+                }
+                i += batch;
+            }
+        } else if matches!(kind, MappingKind::SharedFile { .. }) {
+            meta.stats.pages_from_file += (e.end - e.start) / PAGE_SIZE;
+        }
+        meta.mappings.push(Mapping {
+            start: e.start,
+            end: e.end,
+            prot: e.prot(),
+            shared: e.shared,
+            offset: if matches!(
+                kind,
+                MappingKind::File { .. } | MappingKind::SharedFile { .. }
+            ) {
+                e.offset
+            } else {
+                0
+            },
+            name: e.name.clone(),
+            kind,
+            contents,
+        });
+    }
+    chunker.flush(out)?;
+    sys::close(pagemap);
+    sys::close(selfmem);
+    meta.stats.bytes_raw = chunker.bytes_raw;
+    meta.stats.bytes_stored = chunker.bytes_stored;
+    meta.stats.zstd_level = rt.config.zstd_level;
+    meta.chunks = core::mem::take(&mut chunker.chunks);
+
+    describe_process(cap, &mut meta);
+    meta.stats.pause_ns = t_child.saturating_sub(cap.t_start_ns);
+    meta.stats.write_ns = sys::monotonic_ns().saturating_sub(t_child);
+
+    let meta_bytes = image::encode_metadata(&meta);
+    let metadata_offset = out.pos;
+    out.write(&meta_bytes)?;
+    let footer = Footer {
+        metadata_offset,
+        metadata_len: meta_bytes.len() as u64,
+        metadata_crc32: image::crc32(&meta_bytes),
+        metadata_encoding: image::METADATA_ENCODING_JSON,
+        file_len: out.pos + image::FOOTER_LEN as u64,
+    };
+    out.write(&footer.encode())?;
+    Ok(Done {
+        bytes: out.pos,
+        pages: meta.stats.pages_stored,
+        pause_ns: meta.stats.pause_ns,
+        write_ns: sys::monotonic_ns().saturating_sub(t_child),
+    })
+}
+
+/// Everything but memory: process, thread, descriptors, signals, limits, CPU.
+fn describe_process(cap: &Capture, meta: &mut Metadata) {
+    let status = read_proc_string(b"/proc/self/status\0");
+    let ids = |key: &str| -> (u32, u32) {
+        let f: Vec<u32> = procfs::status_field(&status, key)
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (
+            f.first().copied().unwrap_or(0),
+            f.get(1).copied().unwrap_or(0),
+        )
+    };
+    let (uid, euid) = ids("Uid");
+    let (gid, egid) = ids("Gid");
+    let u = sys::uname();
+    let cstr_field = |f: &[libc::c_char]| -> String {
+        let b: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    let cmdline = read_proc(b"/proc/self/cmdline\0").unwrap_or_default();
+    meta.process = ProcessInfo {
+        exe: readlink_string(b"/proc/self/exe\0"),
+        cmdline: cmdline
+            .split(|&c| c == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+        pid: cap.pid,
+        ppid: procfs::status_field(&status, "PPid")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        uid,
+        gid,
+        euid,
+        egid,
+        cwd: readlink_string(b"/proc/self/cwd\0"),
+        umask: procfs::status_field(&status, "Umask")
+            .and_then(|s| u32::from_str_radix(s, 8).ok())
+            .unwrap_or(0o022),
+        hostname: cstr_field(&u.nodename),
+        kernel_release: cstr_field(&u.release),
+    };
+    meta.checkpoint = image::CheckpointInfo {
+        seq: cap.seq,
+        trigger: cap.trigger.name().to_string(),
+        request_id: cap.request_id,
+        time_unix_ns: cap.time_unix_ns,
+        generation: cap.generation,
+    };
+    meta.library = image::LibraryInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        restore_info_addr: RESTORE_INFO.get() as u64,
+    };
+
+    let stat = read_proc_string(b"/proc/self/stat\0");
+    let f = procfs::stat_fields(&stat).unwrap_or_default();
+    let g = |i: usize| f.get(i).copied().unwrap_or(0);
+    // SAFETY: brk(0) only queries the current break.
+    let brk = unsafe { sys::syscall6(libc::SYS_brk, 0, 0, 0, 0, 0, 0) } as u64;
+    let auxv = read_proc(b"/proc/self/auxv\0").unwrap_or_default();
+    meta.mm = MmFields {
+        start_code: g(26),
+        end_code: g(27),
+        start_stack: g(28),
+        start_data: g(45),
+        end_data: g(46),
+        start_brk: g(47),
+        brk,
+        arg_start: g(48),
+        arg_end: g(49),
+        env_start: g(50),
+        env_end: g(51),
+        auxv: auxv
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+    };
+
+    let name_len = cap.name.iter().position(|&c| c == 0).unwrap_or(16);
+    meta.threads = vec![ThreadState {
+        tid: cap.tid,
+        name: String::from_utf8_lossy(&cap.name[..name_len]).into_owned(),
+        regs: cap.regs,
+        fs_base: cap.fs_base,
+        sigmask: cap.sigmask,
+        sigaltstack: AltStack {
+            sp: cap.altstack.0,
+            flags: cap.altstack.1,
+            size: cap.altstack.2,
+        },
+        tid_address: cap.tid_address,
+        robust_list: cap.robust_list.0,
+        robust_list_len: cap.robust_list.1,
+        rseq: cap.rseq.map(|(addr, len, sig)| Rseq { addr, len, sig }),
+    }];
+
+    meta.cpu = cpu_info(cap);
+
+    for sig in 1..=64u32 {
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        if let Ok(a) = sys::sigaction_get(sig as i32) {
+            meta.signals.push(SigAction {
+                signo: sig,
+                handler: a.handler,
+                flags: a.flags,
+                restorer: a.restorer,
+                mask: a.mask,
+            });
+        }
+    }
+    for res in 0..16u32 {
+        if let Ok((cur, max)) = sys::prlimit(res) {
+            meta.rlimits.push(Rlimit {
+                resource: res,
+                cur,
+                max,
+            });
+        }
+    }
+    if cap.fds_truncated {
+        meta.warnings.push(format!(
+            "more than {} descriptors: the rest were not saved",
+            crate::state::MAX_FDS
+        ));
+    }
+    for &(fd, offset) in &cap.fd_offsets[..cap.n_fds] {
+        meta.fds.push(describe_fd(fd, offset, &mut meta.warnings));
+    }
+}
+
+fn describe_fd(fd: i32, offset: i64, warnings: &mut Vec<String>) -> FdEntry {
+    let mut link = FixBuf::<64>::new();
+    link.str("/proc/self/fd/").i64(fd as i64);
+    let path = readlink_string(link.as_cstr());
+    let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
+    let cloexec = sys::fcntl(fd, libc::F_GETFD, 0)
+        .map(|f| f as i32 & libc::FD_CLOEXEC != 0)
+        .unwrap_or(false);
+    let stdio = fd <= 2;
+    let (kind, restore) = match sys::fstat(fd) {
+        Ok(st) => match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG if path.starts_with('/') && !path.ends_with(" (deleted)") => (
+                FdKind::Regular {
+                    file: file_id(&path, &st),
+                },
+                FdRestore::Reopen,
+            ),
+            libc::S_IFREG => (
+                FdKind::Other,
+                FdRestore::DevNull {
+                    reason: "deleted or unnamed file (contents are not saved in this version)"
+                        .into(),
+                },
+            ),
+            libc::S_IFDIR => (FdKind::Directory, FdRestore::Reopen),
+            libc::S_IFCHR => {
+                let major = libc::major(st.st_rdev);
+                let tty = major == 4 || major == 5 || (136..=143).contains(&major);
+                if tty {
+                    if stdio {
+                        (FdKind::Tty { rdev: st.st_rdev }, FdRestore::Inherit)
+                    } else {
+                        (
+                            FdKind::Tty { rdev: st.st_rdev },
+                            FdRestore::DevNull {
+                                reason: "terminal other than stdin/stdout/stderr".into(),
+                            },
+                        )
+                    }
+                } else {
+                    (FdKind::CharDevice { rdev: st.st_rdev }, FdRestore::Reopen)
+                }
+            }
+            libc::S_IFIFO if stdio => (FdKind::Pipe, FdRestore::Inherit),
+            libc::S_IFIFO => (
+                FdKind::Pipe,
+                FdRestore::DevNull {
+                    reason: "pipe (not restored in this version)".into(),
+                },
+            ),
+            libc::S_IFSOCK if stdio => (FdKind::Socket, FdRestore::Inherit),
+            libc::S_IFSOCK => (
+                FdKind::Socket,
+                FdRestore::DevNull {
+                    reason: "socket (not restored in this version)".into(),
+                },
+            ),
+            _ => (
+                FdKind::Other,
+                FdRestore::DevNull {
+                    reason: format!("{path} is not restorable in this version"),
+                },
+            ),
+        },
+        Err(e) => (
+            FdKind::Other,
+            FdRestore::DevNull {
+                reason: format!("cannot stat: errno {e}"),
+            },
+        ),
+    };
+    if let FdRestore::DevNull { reason } = &restore {
+        warnings.push(format!(
+            "descriptor {fd} ({path}): {reason}; restored as /dev/null"
+        ));
+    }
+    FdEntry {
+        fd,
+        flags,
+        cloexec,
+        offset,
+        path,
+        kind,
+        restore,
+    }
+}
+
+fn cpu_info(cap: &Capture) -> CpuInfo {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    let (l0, l1, l7) = (__cpuid(0), __cpuid(1), __cpuid_count(7, 0));
+    let mut vendor = Vec::with_capacity(12);
+    for r in [l0.ebx, l0.edx, l0.ecx] {
+        vendor.extend_from_slice(&r.to_le_bytes());
+    }
+    let osxsave = l1.ecx & (1 << 27) != 0;
+    let xcr0 = if osxsave { xgetbv0() } else { 0 };
+    CpuInfo {
+        vendor: String::from_utf8_lossy(&vendor).into_owned(),
+        cpuid_1_ecx: l1.ecx,
+        cpuid_1_edx: l1.edx,
+        cpuid_7_ebx: l7.ebx,
+        cpuid_7_ecx: l7.ecx,
+        cpuid_7_edx: l7.edx,
+        xcr0,
+        xsave_required: cap.xstate_bv,
+        xsave_frame_size: cap.xsave_size,
+    }
+}
+
+fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV with ECX=0 is valid when CPUID reports OSXSAVE (checked by the caller).
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    (hi as u64) << 32 | lo as u64
+}
