@@ -148,6 +148,8 @@ struct Chunker {
     runs: Vec<PageRun>,
     /// Whether each run's pages may be dropped from this copy once written.
     droppable: Vec<bool>,
+    /// Set at a mapping boundary: a run never spans two mappings.
+    new_run: bool,
     compressed: Vec<u8>,
     cctx: *mut zstd_sys::ZSTD_CCtx,
     _cctx_mem: Vec<u8>,
@@ -182,6 +184,7 @@ impl Chunker {
             raw,
             runs: Vec::new(),
             droppable: Vec::new(),
+            new_run: true,
             compressed: vec![0u8; bound],
             cctx,
             _cctx_mem: mem,
@@ -198,9 +201,11 @@ impl Chunker {
         page: &[u8],
         droppable: bool,
     ) -> Result<(), String> {
+        let new_run = core::mem::replace(&mut self.new_run, false);
         match self.runs.last_mut() {
             Some(r)
-                if r.addr + r.pages * PAGE_SIZE == addr
+                if !new_run
+                    && r.addr + r.pages * PAGE_SIZE == addr
                     && *self.droppable.last().unwrap_or(&false) == droppable =>
             {
                 r.pages += 1
@@ -525,6 +530,7 @@ fn write_body(
             k => k,
         };
         if contents == Contents::Stored {
+            chunker.new_run = true;
             // Dropping pages the writer itself may still use would break it: only the heap,
             // the main stack and large anonymous regions (malloc'd data), never a library's
             // .bss (anonymous, right after its file mapping) nor our own state.

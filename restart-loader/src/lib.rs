@@ -1,10 +1,21 @@
 //! The restart loader: verify an image and the machine, plan the address space, stage
 //! memory and descriptors, then hand over to the restore blob. The process that calls
 //! [`restore`] becomes the checkpointed program (same PID), or gets an error having changed
-//! nothing.
+//! nothing it cannot undo (the staged memory and files opened for reading are discarded
+//! with the process).
+
+mod blob;
+mod fds;
+pub mod plan;
+mod stage;
+mod sys;
+pub mod verify;
 
 use std::fmt;
 use std::path::Path;
+use std::time::Instant;
+
+use forkpoint_image::{ImageFile, PAGE_SIZE};
 
 /// Options of `forkpoint restart`.
 #[derive(Debug, Clone, Default)]
@@ -13,7 +24,7 @@ pub struct RestoreOptions {
     pub verbose: bool,
 }
 
-/// Why a restore was refused. Nothing has been changed when this is returned.
+/// Why a restore was refused.
 #[derive(Debug)]
 pub struct RestoreError(pub String);
 
@@ -26,7 +37,139 @@ impl fmt::Display for RestoreError {
 impl std::error::Error for RestoreError {}
 
 /// Restores the image at `path` into the calling process. Returns only on failure.
-pub fn restore(path: &Path, opts: &RestoreOptions) -> Result<std::convert::Infallible, RestoreError> {
-    let _ = (path, opts);
-    Err(RestoreError("restore is being implemented".into()))
+/// The caller must be single-threaded.
+pub fn restore(
+    path: &Path,
+    opts: &RestoreOptions,
+) -> Result<std::convert::Infallible, RestoreError> {
+    let t0 = Instant::now();
+    let say = |what: &str| {
+        if opts.verbose {
+            eprintln!(
+                "forkpoint restart: [{:>7.2} ms] {what}",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    };
+    // Verify.
+    let img =
+        ImageFile::open(path).map_err(|e| RestoreError(format!("{}: {e}", path.display())))?;
+    let meta = &img.metadata;
+    say(&format!(
+        "read {}: {} mappings, {} chunks, {} descriptors",
+        path.display(),
+        meta.mappings.len(),
+        meta.chunks.len(),
+        meta.fds.len()
+    ));
+    verify::check_threads(meta)?;
+    verify::check_cpu(meta, verify::current_cpu())?;
+    verify::check_files(meta)?;
+    let own_maps = plan::parse_maps(
+        &std::fs::read_to_string("/proc/self/maps")
+            .map_err(|e| RestoreError(format!("cannot read /proc/self/maps: {e}")))?,
+    );
+    verify::check_vdso(meta, &own_maps)?;
+    let vdso = plan::pair_vdso(meta, &own_maps).map_err(RestoreError)?;
+    say("verified the machine, the files and the vdso");
+
+    // Plan.
+    let layout =
+        plan::plan_layout(meta, &own_maps, plan::data_len_bound(meta)).map_err(RestoreError)?;
+    say(&format!(
+        "staging at {:#x}-{:#x}",
+        layout.reservation.0, layout.reservation.1
+    ));
+
+    // Stage memory.
+    stage::map_regions(meta, &layout)?;
+    let stage_map = stage::StageMap::new(meta, &layout);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let pages = stage::fill_regions(&img, &stage_map, threads)?;
+    say(&format!(
+        "decompressed {pages} pages ({} MiB) on {threads} threads",
+        pages * PAGE_SIZE >> 20
+    ));
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    stage::patch(meta, &stage_map, (layout.blob_start, layout.blob_len), pid)?;
+    stage::protect(meta, &layout)?;
+
+    // Stage descriptors.
+    let base = fds::spare_base(meta);
+    let (prepared, mut warnings) = fds::prepare(meta, base)?;
+    warnings.extend(meta.warnings.iter().cloned());
+    // SAFETY: duplicating our own stderr for the blob's messages.
+    let err_fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, base + prepared.len() as i32 + 1) };
+
+    // Build the blob.
+    let inputs = plan::ProgramInputs {
+        meta,
+        layout: &layout,
+        vdso: &vdso,
+        err_fd,
+    };
+    let data_at = layout.blob_start + PAGE_SIZE;
+    let data = plan::build_program(&inputs, data_at).map_err(RestoreError)?;
+    let stack_top = layout.blob_start + layout.blob_len;
+    if data_at + data.bytes.len() as u64 > stack_top - plan::BLOB_STACK_LEN {
+        return Err(RestoreError(
+            "internal error: the restore program does not fit its region".into(),
+        ));
+    }
+    let code = blob::code();
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // SAFETY: the blob region is the end of our reservation.
+    unsafe { sys::mmap_fixed(layout.blob_start, layout.blob_len, rw, anon, -1, 0) }
+        .map_err(|e| RestoreError(format!("cannot map the restore blob: {e}")))?;
+    // SAFETY: freshly mapped RW region of sufficient size (checked above).
+    unsafe {
+        sys::copy_to(layout.blob_start, code);
+        sys::copy_to(data_at, &data.bytes);
+    }
+    sys::mprotect(
+        layout.blob_start,
+        PAGE_SIZE,
+        libc::PROT_READ | libc::PROT_EXEC,
+    )
+    .map_err(|e| RestoreError(format!("cannot protect the restore blob: {e}")))?;
+    say(&format!("restore program: {} steps", data.steps.len()));
+    for w in &warnings {
+        eprintln!("forkpoint restart: warning: {w}");
+    }
+    if opts.verbose {
+        for (i, s) in data.steps.iter().enumerate() {
+            eprintln!("forkpoint restart:   step {}: {s}", i + 1);
+        }
+    }
+    say("handing over to the restore blob");
+    // The image descriptor is closed with every other descriptor the program did not have.
+
+    // Point of no return: descriptors, process attributes, signals, then the blob.
+    fds::install(meta, &prepared, &[err_fd])?;
+    for r in &meta.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: r.cur,
+            rlim_max: r.max,
+        };
+        // SAFETY: setrlimit with a valid struct; failures (raising a hard limit) keep ours.
+        unsafe { libc::setrlimit(r.resource as _, &lim) };
+    }
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(meta.process.umask as libc::mode_t) };
+    if !meta.process.cwd.is_empty() {
+        let _ = std::env::set_current_dir(&meta.process.cwd);
+    }
+    sys::block_all_signals();
+    for s in &meta.signals {
+        let _ = sys::set_kernel_sigaction(s.signo, s.handler, s.flags, s.restorer, s.mask);
+    }
+    sys::rseq_unregister().map_err(RestoreError)?;
+    let program = data_at + data.program_offset as u64;
+    // SAFETY: code, program and stack are in the blob region, which the program never unmaps;
+    // this thread is the only one (staging threads were joined).
+    unsafe { blob::jump(layout.blob_start, stack_top, program) }
 }

@@ -1,0 +1,601 @@
+//! Planning the restore: where to stage each region, where the blob lives, and the list of
+//! syscalls the blob runs. Pure functions over the image's metadata and the loader's own
+//! memory map; no syscalls here.
+
+use forkpoint_image::{Mapping, MappingKind, Metadata, ThreadState, PAGE_SIZE, RESUME_RESTORED};
+
+use crate::blob::{Op, MAY_FAIL, OP_WORDS, SET_RSP};
+
+/// Lowest address the planner uses for its reservation (above the classic non-PIE area).
+const SEARCH_FROM: u64 = 0x1_0000_0000;
+/// Exclusive end of user space the planner may use.
+const SEARCH_TO: u64 = 0x7fff_0000_0000;
+/// Code page + data + stack of the blob.
+const BLOB_CODE_LEN: u64 = PAGE_SIZE;
+pub const BLOB_STACK_LEN: u64 = 64 * 1024;
+/// Extra room below a restored main stack so it can keep growing (it comes back as a
+/// plain mapping, which the kernel does not grow on its own).
+const STACK_HEADROOM: u64 = 8 << 20;
+
+/// A range of the loader's (or any) address space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Area {
+    pub start: u64,
+    pub end: u64,
+    pub name: String,
+}
+
+/// Parses `/proc/self/maps` into areas (start, end, name).
+pub fn parse_maps(text: &str) -> Vec<Area> {
+    text.lines()
+        .filter_map(|l| {
+            let range = l.split(' ').next()?;
+            let (s, e) = range.split_once('-')?;
+            let name = l.splitn(6, ' ').nth(5).unwrap_or("").trim().to_string();
+            Some(Area {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// One region to stage and move into place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// Index into `metadata.mappings`.
+    pub mapping: usize,
+    /// Where it goes (for the main stack, extended downwards by the headroom).
+    pub target_start: u64,
+    pub target_end: u64,
+    /// Where it is built first, inside the reservation.
+    pub staged_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub reservation: (u64, u64),
+    pub staged: Vec<Staged>,
+    /// Scratch room for moving the vdso when its old and new places overlap.
+    pub vdso_scratch: u64,
+    /// Blob: code page, then data, then stack (all inside the reservation).
+    pub blob_start: u64,
+    pub blob_len: u64,
+}
+
+/// The special mappings moved (not staged): vvar, vvar_vclock, vdso, in address order.
+pub fn is_special(kind: &MappingKind) -> bool {
+    matches!(
+        kind,
+        MappingKind::Vdso { .. }
+            | MappingKind::Vvar
+            | MappingKind::VvarVclock
+            | MappingKind::Vsyscall
+    )
+}
+
+fn special_name(kind: &MappingKind) -> Option<&'static str> {
+    match kind {
+        MappingKind::Vdso { .. } => Some("[vdso]"),
+        MappingKind::Vvar => Some("[vvar]"),
+        MappingKind::VvarVclock => Some("[vvar_vclock]"),
+        _ => None,
+    }
+}
+
+/// The image's vdso/vvar mappings and the loader's, paired by name. Errors if the kernel
+/// lays them out differently (then the saved program's vdso calls would go astray).
+pub fn pair_vdso(meta: &Metadata, loader: &[Area]) -> Result<Vec<(Area, u64)>, String> {
+    let image: Vec<(&'static str, &Mapping)> = meta
+        .mappings
+        .iter()
+        .filter_map(|m| special_name(&m.kind).map(|n| (n, m)))
+        .collect();
+    let mine: Vec<&Area> = loader
+        .iter()
+        .filter(|a| matches!(a.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+        .collect();
+    let names_img: Vec<&str> = image.iter().map(|(n, _)| *n).collect();
+    let names_mine: Vec<&str> = mine.iter().map(|a| a.name.as_str()).collect();
+    if names_img.is_empty() {
+        return Ok(Vec::new());
+    }
+    if names_img != names_mine {
+        return Err(format!(
+            "the image has vdso mappings {names_img:?} but this kernel provides {names_mine:?}: restore needs the kernel the image was taken under"
+        ));
+    }
+    let mut out = Vec::new();
+    let base_img = image[0].1.start;
+    let base_mine = mine[0].start;
+    for ((name, m), a) in image.iter().zip(&mine) {
+        if m.end - m.start != a.end - a.start || m.start - base_img != a.start - base_mine {
+            return Err(format!("{name} has a different size or position on this kernel: restore needs the kernel the image was taken under"));
+        }
+        out.push(((*a).clone(), m.start));
+    }
+    Ok(out)
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Lowest gap of `len` bytes in [SEARCH_FROM, SEARCH_TO) clear of every range in `busy`.
+fn find_gap(busy: &mut [(u64, u64)], len: u64) -> Option<u64> {
+    busy.sort_unstable();
+    let mut cand = SEARCH_FROM;
+    for &(s, e) in busy.iter() {
+        if e <= cand {
+            continue;
+        }
+        if s >= cand && s - cand >= len {
+            break;
+        }
+        cand = cand.max(e);
+        cand = (cand + 0x1f_ffff) & !0x1f_ffff; // 2 MiB aligned for tidiness
+    }
+    (cand.checked_add(len)? <= SEARCH_TO).then_some(cand)
+}
+
+/// Where the main stack may extend down to without touching its lower neighbour.
+fn stack_target(meta: &Metadata, i: usize) -> (u64, u64) {
+    let m = &meta.mappings[i];
+    let below = if i == 0 { 0 } else { meta.mappings[i - 1].end };
+    let size = m.end - m.start;
+    let room = m.start.saturating_sub(below).saturating_sub(1 << 20);
+    let extra = STACK_HEADROOM.saturating_sub(size).min(room) & !(PAGE_SIZE - 1);
+    (m.start - extra, m.end)
+}
+
+/// Plans the staging area and blob region.
+pub fn plan_layout(meta: &Metadata, loader: &[Area], data_len: u64) -> Result<Layout, String> {
+    let mut targets = Vec::new();
+    for (i, m) in meta.mappings.iter().enumerate() {
+        if is_special(&m.kind) {
+            continue;
+        }
+        let (s, e) = if matches!(m.kind, MappingKind::Stack) {
+            stack_target(meta, i)
+        } else {
+            (m.start, m.end)
+        };
+        targets.push(Staged {
+            mapping: i,
+            target_start: s,
+            target_end: e,
+            staged_at: 0,
+        });
+    }
+    let staged_total: u64 = targets.iter().map(|t| t.target_end - t.target_start).sum();
+    let vdso_len: u64 = meta
+        .mappings
+        .iter()
+        .filter(|m| special_name(&m.kind).is_some())
+        .map(|m| m.end - m.start)
+        .sum();
+    let data_len = (data_len + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    let blob_len = BLOB_CODE_LEN + data_len + BLOB_STACK_LEN;
+    let total = staged_total + vdso_len + blob_len;
+    let mut busy: Vec<(u64, u64)> = loader.iter().map(|a| (a.start, a.end)).collect();
+    busy.extend(meta.mappings.iter().map(|m| (m.start, m.end)));
+    busy.extend(targets.iter().map(|t| (t.target_start, t.target_end)));
+    let start = find_gap(&mut busy, total)
+        .ok_or("no free address range is large enough to stage the image")?;
+    let mut at = start;
+    for t in &mut targets {
+        t.staged_at = at;
+        at += t.target_end - t.target_start;
+    }
+    let vdso_scratch = at;
+    at += vdso_len;
+    let layout = Layout {
+        reservation: (start, start + total),
+        staged: targets,
+        vdso_scratch,
+        blob_start: at,
+        blob_len,
+    };
+    debug_assert!(layout
+        .staged
+        .iter()
+        .all(|t| !overlaps((t.target_start, t.target_end), layout.reservation)));
+    Ok(layout)
+}
+
+/// What the blob needs besides the layout.
+pub struct ProgramInputs<'a> {
+    pub meta: &'a Metadata,
+    pub layout: &'a Layout,
+    /// The loader's vdso mappings with their target addresses.
+    pub vdso: &'a [(Area, u64)],
+    pub err_fd: i32,
+}
+
+/// The blob's data area: program words, messages, `prctl_mm_map`, auxv, signal frame.
+pub struct BlobData {
+    pub bytes: Vec<u8>,
+    /// Offset of the program (entry argument) in `bytes`.
+    pub program_offset: usize,
+    pub steps: Vec<String>,
+}
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+const ARCH_SET_FS: u64 = 0x1002;
+const SYS_RT_SIGRETURN: u64 = 15;
+const SYS_MREMAP: u64 = 25;
+const SYS_MUNMAP: u64 = 11;
+const SYS_PRCTL: u64 = 157;
+const SYS_ARCH_PRCTL: u64 = 158;
+const SYS_SET_TID_ADDRESS: u64 = 218;
+const SYS_SET_ROBUST_LIST: u64 = 273;
+const SYS_RSEQ: u64 = 334;
+const SYS_CLOSE: u64 = 3;
+/// Size of the kernel's `struct ucontext` on x86-64.
+pub const UCONTEXT_LEN: usize = 304;
+
+struct DataBuilder {
+    bytes: Vec<u8>,
+    base: u64,
+}
+
+impl DataBuilder {
+    fn align(&mut self, a: usize) {
+        while self.bytes.len() % a != 0 {
+            self.bytes.push(0);
+        }
+    }
+    fn put(&mut self, b: &[u8], align: usize) -> u64 {
+        self.align(align);
+        let at = self.base + self.bytes.len() as u64;
+        self.bytes.extend_from_slice(b);
+        at
+    }
+}
+
+fn words(ws: &[u64]) -> Vec<u8> {
+    ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Builds the frame `rt_sigreturn` restores the thread from: the resume registers saved
+/// at the fork point, no FPU state (the kernel resets it: the resume point is a function
+/// return, where only callee-saved registers matter), and the handler's signal mask.
+pub fn build_frame(t: &ThreadState) -> [u8; UCONTEXT_LEN] {
+    let mut f = [0u8; UCONTEXT_LEN];
+    let mut put = |off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0, 0x6); // uc_flags: UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
+    put(8, 0); // uc_link
+    put(16, t.sigaltstack.sp);
+    put(24, (t.sigaltstack.flags & libc_ss_disable()) as u32 as u64);
+    put(32, t.sigaltstack.size);
+    let mc = 40;
+    let r = &t.regs;
+    put(mc + 4 * 8, r.r12);
+    put(mc + 5 * 8, r.r13);
+    put(mc + 6 * 8, r.r14);
+    put(mc + 7 * 8, r.r15);
+    put(mc + 10 * 8, r.rbp);
+    put(mc + 11 * 8, r.rbx);
+    put(mc + 13 * 8, RESUME_RESTORED);
+    put(mc + 15 * 8, r.rsp);
+    put(mc + 16 * 8, r.rip);
+    put(mc + 17 * 8, 0x202); // eflags: IF
+                             // cs, gs, fs, ss as four u16: __USER_CS 0x33, __USER_DS 0x2b.
+    put(mc + 18 * 8, 0x33 | (0x2b << 48));
+    put(mc + 23 * 8, 0); // fpstate: none
+    put(296, t.sigmask);
+    f
+}
+
+fn libc_ss_disable() -> i32 {
+    2 // SS_DISABLE; SS_ONSTACK (1) is not a settable flag
+}
+
+/// Builds the blob's data area for a region at `base`.
+pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, String> {
+    let meta = inp.meta;
+    let layout = inp.layout;
+    let thread = meta.threads.first().ok_or("the image has no thread")?;
+    let mut d = DataBuilder {
+        bytes: Vec::new(),
+        base,
+    };
+    let mut ops: Vec<(Op, String)> = Vec::new();
+    let mut op = |nr: u64, args: [u64; 6], flags: u64, what: String| {
+        ops.push((
+            Op {
+                nr,
+                args,
+                flags,
+                ..Op::default()
+            },
+            what,
+        ));
+    };
+
+    // 1. Unmap everything of the loader but the reservation and the vdso/vvar pages.
+    let mut keep: Vec<(u64, u64)> = vec![layout.reservation];
+    keep.extend(inp.vdso.iter().map(|(a, _)| (a.start, a.end)));
+    keep.sort_unstable();
+    let mut from = 0u64;
+    for &(s, e) in &keep {
+        if s > from {
+            op(
+                SYS_MUNMAP,
+                [from, s - from, 0, 0, 0, 0],
+                0,
+                format!("munmap {from:#x}-{s:#x} (the loader)"),
+            );
+        }
+        from = from.max(e);
+    }
+    let user_end = 0x7fff_ffff_f000u64;
+    if from < user_end {
+        op(
+            SYS_MUNMAP,
+            [from, user_end - from, 0, 0, 0, 0],
+            0,
+            format!("munmap {from:#x}-{user_end:#x} (the loader)"),
+        );
+    }
+
+    // 2. The kernel's vdso and vvar go where the program saw them (through a scratch area
+    //    when the old and new places overlap).
+    if let (Some(first), Some(last)) = (inp.vdso.first(), inp.vdso.last()) {
+        let cur = (first.0.start, last.0.end);
+        let tgt = (first.1, first.1 + (last.0.end - first.0.start));
+        let via_scratch = overlaps(cur, tgt) && cur != tgt;
+        if cur != tgt {
+            for (a, target) in inp.vdso {
+                let len = a.end - a.start;
+                let mut src = a.start;
+                if via_scratch {
+                    let scratch = layout.vdso_scratch + (a.start - cur.0);
+                    op(
+                        SYS_MREMAP,
+                        [src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, scratch, 0],
+                        0,
+                        format!("mremap {} to scratch", a.name),
+                    );
+                    src = scratch;
+                }
+                op(
+                    SYS_MREMAP,
+                    [src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, *target, 0],
+                    0,
+                    format!("mremap {} to {target:#x}", a.name),
+                );
+            }
+        }
+    }
+
+    // 3. Every staged region onto its target: a page-table move, no copy.
+    for s in &layout.staged {
+        let len = s.target_end - s.target_start;
+        op(
+            SYS_MREMAP,
+            [
+                s.staged_at,
+                len,
+                len,
+                MREMAP_MAYMOVE | MREMAP_FIXED,
+                s.target_start,
+                0,
+            ],
+            0,
+            format!(
+                "mremap {:#x}-{:#x} ({})",
+                s.target_start, s.target_end, meta.mappings[s.mapping].name
+            ),
+        );
+    }
+
+    // 4. The mm fields: brk, argv/env (what ps shows), auxv. Refused in some setups: go on.
+    let mm = &meta.mm;
+    let auxv_bytes = words(&mm.auxv);
+    let auxv_at = d.put(&auxv_bytes, 8);
+    let mut map = words(&[
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_at,
+    ]);
+    map.extend_from_slice(&(auxv_bytes.len() as u32).to_le_bytes());
+    map.extend_from_slice(&(-1i32).to_le_bytes()); // exe_fd: keep
+    let map_at = d.put(&map, 8);
+    op(
+        SYS_PRCTL,
+        [PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64, 0, 0],
+        MAY_FAIL,
+        "prctl(PR_SET_MM_MAP): brk, argv, environment and auxv stay the loader's; continuing"
+            .into(),
+    );
+
+    // 5. Per-thread kernel state that lives outside memory.
+    if thread.robust_list != 0 {
+        op(
+            SYS_SET_ROBUST_LIST,
+            [
+                thread.robust_list,
+                thread.robust_list_len.max(24),
+                0,
+                0,
+                0,
+                0,
+            ],
+            MAY_FAIL,
+            "set_robust_list".into(),
+        );
+    }
+    op(
+        SYS_SET_TID_ADDRESS,
+        [thread.tid_address, 0, 0, 0, 0, 0],
+        0,
+        "set_tid_address".into(),
+    );
+    if let Some(r) = thread.rseq {
+        op(
+            SYS_RSEQ,
+            [r.addr, r.len as u64, 0, r.sig as u64, 0, 0],
+            MAY_FAIL,
+            format!("rseq registration at {:#x}", r.addr),
+        );
+    }
+    op(
+        SYS_ARCH_PRCTL,
+        [ARCH_SET_FS, thread.fs_base, 0, 0, 0, 0],
+        0,
+        "arch_prctl(ARCH_SET_FS)".into(),
+    );
+    op(
+        SYS_CLOSE,
+        [inp.err_fd as u64, 0, 0, 0, 0, 0],
+        MAY_FAIL,
+        "close of the loader's error descriptor".into(),
+    );
+
+    // 6. Resume: rt_sigreturn on the frame.
+    let frame = build_frame(thread);
+    let frame_at = d.put(&frame, 64);
+    ops.push((
+        Op {
+            nr: SYS_RT_SIGRETURN,
+            flags: SET_RSP,
+            rsp: frame_at,
+            ..Op::default()
+        },
+        "rt_sigreturn".into(),
+    ));
+
+    // Messages, then the program itself.
+    let n = ops.len();
+    let mut steps = Vec::with_capacity(n);
+    let mut msgs = Vec::with_capacity(n);
+    for (i, (_, what)) in ops.iter().enumerate() {
+        let text = format!(
+            "forkpoint restart: step {} of {n} ({what}) failed: errno ",
+            i + 1
+        );
+        let at = d.put(text.as_bytes(), 1);
+        msgs.push((at, text.len() as u64));
+        steps.push(what.clone());
+    }
+    d.align(16);
+    let program_offset = d.bytes.len();
+    let mut prog = vec![n as u64, inp.err_fd as u64];
+    for ((o, _), (mp, ml)) in ops.iter().zip(&msgs) {
+        let mut o = *o;
+        o.msg_ptr = *mp;
+        o.msg_len = *ml;
+        prog.extend_from_slice(&[o.nr]);
+        prog.extend_from_slice(&o.args);
+        prog.extend_from_slice(&[o.flags, o.msg_ptr, o.msg_len, o.rsp]);
+    }
+    debug_assert_eq!(prog.len(), 2 + n * OP_WORDS);
+    d.put(&words(&prog), 16);
+    Ok(BlobData {
+        bytes: d.bytes,
+        program_offset,
+        steps,
+    })
+}
+
+/// Upper bound on the data area `build_program` produces, to size the blob region first.
+pub fn data_len_bound(meta: &Metadata) -> u64 {
+    let n_ops = meta.mappings.len() as u64 * 2 + 32;
+    n_ops * (OP_WORDS as u64 * 8 + 200) + meta.mm.auxv.len() as u64 * 8 + 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forkpoint_image::{Contents, Mapping};
+
+    fn mapping(start: u64, end: u64, kind: MappingKind) -> Mapping {
+        Mapping {
+            start,
+            end,
+            prot: 3,
+            shared: false,
+            offset: 0,
+            name: String::new(),
+            kind,
+            contents: Contents::Stored,
+        }
+    }
+
+    #[test]
+    fn finds_a_gap_clear_of_both_layouts() {
+        let mut meta = Metadata::default();
+        meta.mappings = vec![
+            mapping(0x1_0000_0000, 0x1_0010_0000, MappingKind::Anonymous),
+            mapping(0x7ffc_0000_0000, 0x7ffc_0002_1000, MappingKind::Stack),
+        ];
+        let loader = vec![Area {
+            start: 0x1_0020_0000,
+            end: 0x1_0040_0000,
+            name: String::new(),
+        }];
+        let l = plan_layout(&meta, &loader, 10_000).unwrap();
+        let res = l.reservation;
+        for m in &meta.mappings {
+            assert!(!overlaps(res, (m.start, m.end)));
+        }
+        assert!(!overlaps(res, (0x1_0020_0000, 0x1_0040_0000)));
+        // The stack got headroom below it.
+        let st = l.staged.iter().find(|s| s.mapping == 1).unwrap();
+        assert_eq!(st.target_end - st.target_start, STACK_HEADROOM);
+        // Staged copies are disjoint and inside the reservation.
+        for s in &l.staged {
+            assert!(s.staged_at >= res.0 && s.staged_at + (s.target_end - s.target_start) <= res.1);
+        }
+    }
+
+    #[test]
+    fn vdso_layout_must_match() {
+        let mut meta = Metadata::default();
+        meta.mappings = vec![mapping(
+            0x7000_0000_0000,
+            0x7000_0000_2000,
+            MappingKind::Vdso { crc32: 0 },
+        )];
+        let loader = vec![Area {
+            start: 0x7100_0000_0000,
+            end: 0x7100_0000_3000,
+            name: "[vdso]".into(),
+        }];
+        assert!(pair_vdso(&meta, &loader).is_err());
+        let loader = vec![Area {
+            start: 0x7100_0000_0000,
+            end: 0x7100_0000_2000,
+            name: "[vdso]".into(),
+        }];
+        assert_eq!(pair_vdso(&meta, &loader).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn frame_carries_resume_registers() {
+        let mut t = ThreadState::default();
+        t.regs.rip = 0x1234;
+        t.regs.rsp = 0x5678;
+        t.sigmask = 0xff;
+        let f = build_frame(&t);
+        let at = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap());
+        assert_eq!(at(40 + 16 * 8), 0x1234);
+        assert_eq!(at(40 + 15 * 8), 0x5678);
+        assert_eq!(at(40 + 13 * 8), RESUME_RESTORED);
+        assert_eq!(at(296), 0xff);
+    }
+}

@@ -1,0 +1,237 @@
+//! Stage: build every region at its staging address (decompressing chunks in parallel),
+//! patch what the loader must tell the library, and set final protections. Still nothing
+//! of the running loader is touched: a failure here leaves it intact.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use forkpoint_image::{restore_info, ImageFile, MappingKind, Metadata, PAGE_SIZE};
+
+use crate::plan::Layout;
+use crate::{sys, RestoreError};
+
+/// Address translation from a target address to its staged copy.
+pub struct StageMap {
+    /// (target start, target end, staged address of target start), sorted.
+    spans: Vec<(u64, u64, u64)>,
+}
+
+impl StageMap {
+    pub fn new(meta: &Metadata, layout: &Layout) -> StageMap {
+        let mut spans: Vec<(u64, u64, u64)> = layout
+            .staged
+            .iter()
+            .map(|s| {
+                let m = &meta.mappings[s.mapping];
+                (m.start, m.end, s.staged_at + (m.start - s.target_start))
+            })
+            .collect();
+        spans.sort_unstable();
+        StageMap { spans }
+    }
+
+    /// Staged address of `len` bytes at target `addr`, if they lie in one staged mapping.
+    pub fn translate(&self, addr: u64, len: u64) -> Option<u64> {
+        let i = self.spans.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let (s, e, staged) = self.spans[i];
+        (addr >= s && addr.checked_add(len)? <= e).then(|| staged + (addr - s))
+    }
+}
+
+fn prot_flags(p: u32) -> i32 {
+    let mut f = libc::PROT_NONE;
+    if p & 1 != 0 {
+        f |= libc::PROT_READ;
+    }
+    if p & 2 != 0 {
+        f |= libc::PROT_WRITE;
+    }
+    if p & 4 != 0 {
+        f |= libc::PROT_EXEC;
+    }
+    f
+}
+
+/// Maps every staged region (anonymous or from its file) inside the reservation.
+pub fn map_regions(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError> {
+    let (rs, re) = layout.reservation;
+    sys::reserve(rs, re - rs)
+        .map_err(|e| RestoreError(format!("cannot reserve the staging area at {rs:#x}: {e}")))?;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    for s in &layout.staged {
+        let m = &meta.mappings[s.mapping];
+        let len = s.target_end - s.target_start;
+        let what = |e: std::io::Error| {
+            RestoreError(format!(
+                "cannot stage the mapping at {:#x} ({}): {e}",
+                m.start, m.name
+            ))
+        };
+        match &m.kind {
+            MappingKind::File { file } | MappingKind::SharedFile { file } => {
+                let shared = matches!(m.kind, MappingKind::SharedFile { .. });
+                let writable = shared && m.prot & 2 != 0;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(writable)
+                    .open(&file.path)
+                    .map_err(|e| {
+                        RestoreError(format!(
+                            "cannot open {} for the mapping at {:#x}: {e}",
+                            file.path, m.start
+                        ))
+                    })?;
+                let (prot, flags) = if shared {
+                    (prot_flags(m.prot), libc::MAP_SHARED)
+                } else {
+                    (rw, libc::MAP_PRIVATE)
+                };
+                // SAFETY: inside our reservation, which nothing else uses.
+                unsafe { sys::mmap_fixed(s.staged_at, len, prot, flags, f.as_raw_fd(), m.offset) }
+                    .map_err(what)?;
+            }
+            MappingKind::SharedAnonymous => {
+                // SAFETY: inside our reservation.
+                unsafe {
+                    sys::mmap_fixed(
+                        s.staged_at,
+                        len,
+                        rw,
+                        libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                }
+                .map_err(what)?;
+            }
+            _ => {
+                // SAFETY: inside our reservation.
+                unsafe {
+                    sys::mmap_fixed(
+                        s.staged_at,
+                        len,
+                        rw,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                }
+                .map_err(what)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses every chunk into the staged regions, on all CPUs. Every chunk's checksum is
+/// verified here; a bad one fails the restore before the point of no return.
+pub fn fill_regions(
+    img: &ImageFile,
+    stage: &StageMap,
+    threads: usize,
+) -> Result<u64, RestoreError> {
+    let chunks = &img.metadata.chunks;
+    let next = AtomicUsize::new(0);
+    let error: Mutex<Option<String>> = Mutex::new(None);
+    let pages = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1).min(chunks.len().max(1)) {
+            scope.spawn(|| {
+                let mut scratch = Vec::new();
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= chunks.len() || error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    let c = &chunks[i];
+                    out.resize(c.raw_len as usize, 0);
+                    if let Err(e) = img.read_chunk(i, &mut scratch, &mut out) {
+                        *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        break;
+                    }
+                    let mut off = 0usize;
+                    for r in &c.runs {
+                        let len = r.pages * PAGE_SIZE;
+                        let Some(dst) = stage.translate(r.addr, len) else {
+                            *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                                "chunk {i}: pages at {:#x} are outside every restored mapping",
+                                r.addr
+                            ));
+                            return;
+                        };
+                        // SAFETY: dst..dst+len is staged RW memory inside one mapping; runs
+                        // are disjoint (validated by the reader), so no two threads write
+                        // the same bytes.
+                        unsafe { sys::copy_to(dst, &out[off..off + len as usize]) };
+                        off += len as usize;
+                    }
+                    pages.fetch_add((c.raw_len / PAGE_SIZE) as usize, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(RestoreError(format!("the image is damaged: {e}")));
+    }
+    Ok(pages.load(Ordering::Relaxed) as u64)
+}
+
+/// Writes what the library reads when it resumes, and the thread's TID where glibc keeps it.
+pub fn patch(
+    meta: &Metadata,
+    stage: &StageMap,
+    blob: (u64, u64),
+    new_tid: i32,
+) -> Result<(), RestoreError> {
+    let at = meta.library.restore_info_addr;
+    if at != 0 {
+        let dst = stage
+            .translate(at, restore_info::LEN as u64)
+            .ok_or_else(|| {
+                RestoreError(format!(
+                    "the library's restore block at {at:#x} is not in a restored mapping"
+                ))
+            })?;
+        let mut block = [0u8; restore_info::LEN];
+        block[restore_info::OFF_MAGIC..][..8].copy_from_slice(&restore_info::MAGIC.to_le_bytes());
+        block[restore_info::OFF_GENERATION..][..8]
+            .copy_from_slice(&(meta.checkpoint.generation + 1).to_le_bytes());
+        block[restore_info::OFF_BLOB_ADDR..][..8].copy_from_slice(&blob.0.to_le_bytes());
+        block[restore_info::OFF_BLOB_LEN..][..8].copy_from_slice(&blob.1.to_le_bytes());
+        // SAFETY: translated into staged RW memory.
+        unsafe { sys::copy_to(dst, &block) };
+    }
+    for t in &meta.threads {
+        if t.tid_address != 0 {
+            if let Some(dst) = stage.translate(t.tid_address, 4) {
+                // SAFETY: translated into staged RW memory.
+                unsafe { sys::copy_to(dst, &new_tid.to_le_bytes()) };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Final protections of the staged regions (shared file mappings already have theirs).
+pub fn protect(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError> {
+    for s in &layout.staged {
+        let m = &meta.mappings[s.mapping];
+        if matches!(m.kind, MappingKind::SharedFile { .. }) {
+            continue;
+        }
+        sys::mprotect(
+            s.staged_at,
+            s.target_end - s.target_start,
+            prot_flags(m.prot),
+        )
+        .map_err(|e| {
+            RestoreError(format!(
+                "cannot set protections of the mapping at {:#x}: {e}",
+                m.start
+            ))
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The loader's few raw memory operations. Everything else in the loader is safe Rust.
+
+use std::io;
+
+fn check(r: *mut libc::c_void) -> io::Result<u64> {
+    if r == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// Maps at exactly `addr`, replacing what is there.
+///
+/// # Safety
+/// `addr..addr+len` must lie inside the loader's own staging reservation.
+pub unsafe fn mmap_fixed(
+    addr: u64,
+    len: u64,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: u64,
+) -> io::Result<u64> {
+    // SAFETY: the caller's contract: only our reservation is replaced.
+    check(unsafe {
+        libc::mmap(
+            addr as *mut _,
+            len as usize,
+            prot,
+            flags | libc::MAP_FIXED,
+            fd,
+            off as i64,
+        )
+    })
+}
+
+/// Reserves `len` bytes at `addr`, failing if anything is mapped there.
+pub fn reserve(addr: u64, len: u64) -> io::Result<()> {
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let got =
+        check(unsafe { libc::mmap(addr as *mut _, len as usize, libc::PROT_NONE, flags, -1, 0) })?;
+    if got != addr {
+        return Err(io::Error::other(format!(
+            "kernel placed the reservation at {got:#x}, not {addr:#x}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn mprotect(addr: u64, len: u64, prot: i32) -> io::Result<()> {
+    // SAFETY: only called on staged regions, which nothing in the loader uses.
+    if unsafe { libc::mprotect(addr as *mut _, len as usize, prot) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Copies `src` to address `dst` in staged memory.
+///
+/// # Safety
+/// `dst..dst+src.len()` must be writable staged memory no other thread writes concurrently.
+pub unsafe fn copy_to(dst: u64, src: &[u8]) {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) }
+}
+
+/// Unregisters the loader thread's rseq area before its memory goes away.
+pub fn rseq_unregister() -> Result<(), String> {
+    // SAFETY: dlsym lookups of glibc's exported rseq variables (NUL-terminated names).
+    let (off, size) = unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        if off.is_null() || size.is_null() {
+            return Ok(());
+        }
+        (*(off as *const isize), *(size as *const u32))
+    };
+    if size == 0 {
+        return Ok(());
+    }
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one word.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs as *mut u64) };
+    let area = fs.wrapping_add(off as u64);
+    for len in [32u32, 64, 128, 256] {
+        // SAFETY: unregistering our own area; the kernel only checks it matches.
+        let r = unsafe { libc::syscall(libc::SYS_rseq, area, len, 1, 0x5305_3053u32) };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "cannot unregister the loader's rseq area: {}",
+        io::Error::last_os_error()
+    ))
+}
+
+/// Sets a signal disposition exactly as the kernel reported it at checkpoint time.
+pub fn set_kernel_sigaction(
+    sig: u32,
+    handler: u64,
+    flags: u64,
+    restorer: u64,
+    mask: u64,
+) -> io::Result<()> {
+    let act = [handler, flags, restorer, mask];
+    // SAFETY: act has the layout of the kernel's struct sigaction; old action not requested.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act.as_ptr(), 0usize, 8usize) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn block_all_signals() {
+    let all: u64 = !0;
+    // SAFETY: an 8-byte kernel sigset.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            0usize,
+            8usize,
+        )
+    };
+}

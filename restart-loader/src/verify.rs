@@ -1,0 +1,243 @@
+//! Verify: everything checked before anything changes. The image itself was validated by
+//! the reader; here the machine and the files the image depends on are checked.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+
+use forkpoint_image::{FdKind, FdRestore, FileId, MappingKind, Metadata};
+
+use crate::plan::Area;
+use crate::RestoreError;
+
+/// Feature bits that describe the machine, not the instruction set: never required.
+const CPUID1_ECX_IGNORED: u32 = (1 << 27) | (1 << 31) | (1 << 3); // OSXSAVE, hypervisor, MONITOR
+const CPUID7_EDX_IGNORED: u32 =
+    (1 << 26) | (1 << 27) | (1 << 29) | (1 << 31) | (1 << 10) | (1 << 28); // speculation controls
+
+/// Current CPU: (leaf1 ecx, edx, leaf7 ebx, ecx, edx, xcr0).
+pub fn current_cpu() -> (u32, u32, u32, u32, u32, u64) {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    let (l1, l7) = (__cpuid(1), __cpuid_count(7, 0));
+    let xcr0 = if l1.ecx & (1 << 27) != 0 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: XGETBV(0) is valid when OSXSAVE is set (checked above).
+        unsafe {
+            core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+        };
+        (hi as u64) << 32 | lo as u64
+    } else {
+        0
+    };
+    (l1.ecx, l1.edx, l7.ebx, l7.ecx, l7.edx, xcr0)
+}
+
+fn missing_bits(saved: u32, now: u32, ignored: u32) -> u32 {
+    saved & !now & !ignored
+}
+
+const XSAVE_NAMES: &[(u32, &str)] = &[
+    (0, "x87"),
+    (1, "SSE"),
+    (2, "AVX"),
+    (3, "MPX bounds"),
+    (4, "MPX csr"),
+    (5, "AVX-512 opmask"),
+    (6, "AVX-512 ZMM_Hi256"),
+    (7, "AVX-512 Hi16_ZMM"),
+    (9, "PKRU"),
+    (17, "AMX tile config"),
+    (18, "AMX tile data"),
+];
+
+/// Checks the saved CPU requirements against this CPU.
+pub fn check_cpu(meta: &Metadata, now: (u32, u32, u32, u32, u32, u64)) -> Result<(), RestoreError> {
+    let c = &meta.cpu;
+    let missing_x = c.xsave_required & !now.5;
+    if missing_x != 0 {
+        let names: Vec<String> = (0..64)
+            .filter(|b| missing_x & (1u64 << b) != 0)
+            .map(|b| {
+                XSAVE_NAMES
+                    .iter()
+                    .find(|(n, _)| *n == b)
+                    .map(|(_, s)| s.to_string())
+                    .unwrap_or(format!("xsave feature {b}"))
+            })
+            .collect();
+        return Err(RestoreError(format!(
+            "this CPU (or kernel) does not enable vector state the image needs: {} (image XSTATE_BV {:#x}, this machine's XCR0 {:#x})",
+            names.join(", "),
+            c.xsave_required,
+            now.5
+        )));
+    }
+    let checks = [
+        ("CPUID.1:ECX", c.cpuid_1_ecx, now.0, CPUID1_ECX_IGNORED),
+        ("CPUID.1:EDX", c.cpuid_1_edx, now.1, 0),
+        ("CPUID.7.0:EBX", c.cpuid_7_ebx, now.2, 0),
+        ("CPUID.7.0:ECX", c.cpuid_7_ecx, now.3, 0),
+        ("CPUID.7.0:EDX", c.cpuid_7_edx, now.4, CPUID7_EDX_IGNORED),
+    ];
+    for (name, saved, cur, ignored) in checks {
+        let m = missing_bits(saved, cur, ignored);
+        if m != 0 {
+            return Err(RestoreError(format!(
+                "this CPU lacks instruction-set features the image's program may use: {name} bits {m:#x} (image {saved:#x}, this CPU {cur:#x})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How a file differs from the one recorded, if it does.
+pub fn file_change(id: &FileId) -> Option<String> {
+    let md = match std::fs::metadata(&id.path) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("{}: {e}", id.path)),
+    };
+    if md.ino() != id.inode {
+        return Some(format!(
+            "{} was replaced (inode {} is now {})",
+            id.path,
+            id.inode,
+            md.ino()
+        ));
+    }
+    if md.size() != id.size {
+        return Some(format!(
+            "{} changed size ({} bytes at checkpoint, {} now)",
+            id.path,
+            id.size,
+            md.size()
+        ));
+    }
+    if md.mtime() != id.mtime_sec || md.mtime_nsec() != id.mtime_nsec {
+        return Some(format!(
+            "{} was modified since the checkpoint (mtime differs)",
+            id.path
+        ));
+    }
+    None
+}
+
+/// Files behind mappings must be exactly as they were; the others must exist.
+pub fn check_files(meta: &Metadata) -> Result<(), RestoreError> {
+    let mut seen = BTreeSet::new();
+    for m in &meta.mappings {
+        if let MappingKind::File { file } | MappingKind::SharedFile { file } = &m.kind {
+            if seen.insert(file.path.clone()) {
+                if let Some(why) = file_change(file) {
+                    return Err(RestoreError(format!(
+                        "the file behind the memory mapping at {:#x} changed: {why}; restoring would give the program wrong memory",
+                        m.start
+                    )));
+                }
+            }
+        }
+    }
+    for fd in &meta.fds {
+        if fd.restore == FdRestore::Reopen {
+            if let FdKind::Regular { file } = &fd.kind {
+                if let Err(e) = std::fs::metadata(&file.path) {
+                    return Err(RestoreError(format!(
+                        "descriptor {} cannot be reopened: {}: {e}",
+                        fd.fd, file.path
+                    )));
+                }
+            } else if std::fs::metadata(&fd.path).is_err() {
+                return Err(RestoreError(format!(
+                    "descriptor {} cannot be reopened: {} does not exist",
+                    fd.fd, fd.path
+                )));
+            }
+        }
+    }
+    if !meta.process.cwd.is_empty() && !std::path::Path::new(&meta.process.cwd).is_dir() {
+        return Err(RestoreError(format!(
+            "the working directory {} does not exist here",
+            meta.process.cwd
+        )));
+    }
+    Ok(())
+}
+
+/// The vdso code must be the one the program used (it may hold pointers into it).
+pub fn check_vdso(meta: &Metadata, loader: &[Area]) -> Result<(), RestoreError> {
+    let saved = meta.mappings.iter().find_map(|m| match m.kind {
+        MappingKind::Vdso { crc32 } => Some((crc32, m.end - m.start)),
+        _ => None,
+    });
+    let Some((crc, len)) = saved else {
+        return Ok(());
+    };
+    let mine = loader
+        .iter()
+        .find(|a| a.name == "[vdso]")
+        .ok_or_else(|| RestoreError("this process has no vdso".into()))?;
+    let my_len = mine.end - mine.start;
+    // SAFETY: our own vdso is mapped readable for its whole range.
+    let bytes = unsafe { std::slice::from_raw_parts(mine.start as *const u8, my_len as usize) };
+    if my_len != len || forkpoint_image::crc32(bytes) != crc {
+        return Err(RestoreError(format!(
+            "this kernel's vdso differs from the one the image was taken under (kernel {} then): restore on the same kernel build",
+            meta.process.kernel_release
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_threads(meta: &Metadata) -> Result<(), RestoreError> {
+    if meta.threads.len() != 1 {
+        return Err(RestoreError(format!(
+            "the image has {} threads; this version restores single-threaded programs",
+            meta.threads.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_feature_missing_is_refused() {
+        let mut meta = Metadata::default();
+        let now = current_cpu();
+        meta.cpu.xsave_required = now.5;
+        meta.cpu.cpuid_7_ebx = now.2;
+        assert!(check_cpu(&meta, now).is_ok());
+        meta.cpu.xsave_required = now.5 | (1 << 18);
+        let mut fake = now;
+        fake.5 &= !(1 << 18);
+        let e = check_cpu(&meta, fake).unwrap_err().0;
+        assert!(e.contains("AMX tile data"), "{e}");
+        meta.cpu.xsave_required = 0;
+        meta.cpu.cpuid_7_ebx = 1 << 16;
+        fake.2 = 0;
+        assert!(check_cpu(&meta, fake)
+            .unwrap_err()
+            .0
+            .contains("CPUID.7.0:EBX"));
+    }
+
+    #[test]
+    fn changed_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("fp-verify-{}", std::process::id()));
+        std::fs::write(&dir, b"abc").unwrap();
+        let md = std::fs::metadata(&dir).unwrap();
+        let mut id = FileId {
+            path: dir.to_string_lossy().into(),
+            dev: md.dev(),
+            inode: md.ino(),
+            size: 3,
+            mtime_sec: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+        };
+        assert_eq!(file_change(&id), None);
+        id.size = 4;
+        assert!(file_change(&id).unwrap().contains("changed size"));
+        std::fs::remove_file(&dir).unwrap();
+        assert!(file_change(&id).is_some());
+    }
+}
