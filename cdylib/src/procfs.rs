@@ -58,6 +58,29 @@ pub fn parse_maps(text: &str) -> Vec<MapsEntry> {
     text.lines().filter_map(parse_maps_line).collect()
 }
 
+/// Splits entries that straddle `lo` or `hi`, so [lo, hi) is covered by whole entries (the
+/// kernel may have merged one of the library's own regions with a neighbour).
+pub fn split_around(entries: Vec<MapsEntry>, lo: u64, hi: u64) -> Vec<MapsEntry> {
+    let mut out = Vec::with_capacity(entries.len() + 2);
+    for e in entries {
+        let mut cur = e;
+        for cut in [lo, hi] {
+            if cur.start < cut && cut < cur.end {
+                let mut right = cur.clone();
+                right.start = cut;
+                if cur.inode != 0 {
+                    right.offset += cut - cur.start;
+                }
+                cur.end = cut;
+                out.push(cur);
+                cur = right;
+            }
+        }
+        out.push(cur);
+    }
+    out
+}
+
 /// How the writer treats a mapping, before looking at its pages.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
@@ -193,6 +216,21 @@ mod tests {
         .unwrap();
         assert_eq!(e.name, "[vsyscall]");
         assert!(parse_maps_line("garbage").is_none());
+    }
+
+    #[test]
+    fn splits_merged_regions() {
+        let e = parse_maps_line("1000-9000 rw-p 00000000 00:00 0 ").unwrap();
+        let parts = split_around(vec![e], 0x3000, 0x5000);
+        let ranges: Vec<(u64, u64)> = parts.iter().map(|p| (p.start, p.end)).collect();
+        assert_eq!(
+            ranges,
+            vec![(0x1000, 0x3000), (0x3000, 0x5000), (0x5000, 0x9000)]
+        );
+        let f = parse_maps_line("1000-9000 r--p 00001000 08:01 5 /f").unwrap();
+        let parts = split_around(vec![f], 0x2000, 0x20000);
+        assert_eq!(parts[1].offset, 0x2000);
+        assert_eq!(parts.len(), 2);
     }
 
     #[test]

@@ -433,13 +433,15 @@ fn write_body(
 
     let mut meta = Metadata::default();
     let maps_text = read_proc_string(b"/proc/self/maps\0");
+    let (arena_lo, arena_hi) = crate::arena::arena_range();
+    let (stack_lo, stack_hi) = rt.child_stack;
     let entries = procfs::parse_maps(&maps_text);
+    let entries = procfs::split_around(entries, arena_lo as u64, arena_hi as u64);
+    let entries = procfs::split_around(entries, stack_lo as u64, stack_hi as u64);
     let pagemap = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| os_err("cannot open", b"/proc/self/pagemap", e))?;
     let selfmem = sys::open(b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| os_err("cannot open", b"/proc/self/mem", e))?;
-    let (arena_lo, arena_hi) = crate::arena::arena_range();
-    let (stack_lo, stack_hi) = rt.child_stack;
     let own = own_addresses(cap);
     let mut chunker = Chunker::new(rt.config.zstd_level)?;
     let mut pm = vec![0u64; PAGEMAP_BATCH];
@@ -453,7 +455,7 @@ fn write_body(
             continue; // the writer's own arena
         }
         meta.stats.pages_mapped += (e.end - e.start) / PAGE_SIZE;
-        if e.start <= stack_lo as u64 && e.end >= stack_hi as u64 {
+        if e.start >= stack_lo as u64 && e.end <= stack_hi as u64 {
             meta.mappings.push(Mapping {
                 start: e.start,
                 end: e.end,

@@ -94,7 +94,12 @@ pub fn restore(
     ));
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    stage::patch(meta, &stage_map, (layout.blob_start, layout.blob_len), pid)?;
+    // The library unmaps what is left of the reservation (vdso scratch and blob) once it runs.
+    let leftover = (
+        layout.vdso_scratch,
+        layout.reservation.1 - layout.vdso_scratch,
+    );
+    stage::patch(meta, &stage_map, leftover, pid)?;
     stage::protect(meta, &layout)?;
 
     // Stage descriptors.
