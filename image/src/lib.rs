@@ -10,16 +10,22 @@
 //! EOF-64 footer (64 bytes)           where the metadata is, its CRC, the file length
 //! ```
 //!
-//! This crate does no I/O of its own but reading a file in [`read`]: the writer in the
+//! This crate does no I/O of its own but reading a file in [`read`] (or bytes in memory,
+//! [`ImageFile::from_bytes`]) and writing test images in [`build`]: the writer in the
 //! library calls [`Header::encode`], [`encode_metadata`] and [`Footer::encode`] and writes the
 //! bytes with raw syscalls. Everything the reader returns has been validated (see
-//! [`validate`]); it never panics on any input.
+//! [`validate`]); it never panics on any input (`fuzz/` fuzzes it).
+//!
+//! [`build`] makes whole images in memory for tests: [`ImageBuilder`], [`write_image`],
+//! and [`rewrite_metadata`] / [`rewrite_header`] to damage an existing image on purpose.
 
+pub mod build;
 pub mod read;
 pub mod types;
 pub mod validate;
 
-pub use read::{parse_footer, parse_header, ImageFile, ReadError};
+pub use build::{rewrite_header, rewrite_metadata, write_image, ImageBuilder};
+pub use read::{decode_metadata, parse_footer, parse_header, ImageFile, ReadAt, ReadError};
 pub use types::*;
 pub use validate::{validate_metadata, ValidationError};
 
@@ -101,6 +107,17 @@ impl Header {
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
+
+    /// The fields of `b` as they are, checking nothing (not even the magic or CRC):
+    /// [`parse_header`] is the checked form.
+    pub fn decode_unchecked(b: &[u8; HEADER_LEN]) -> Self {
+        Header {
+            major: le_u16(b, 8),
+            minor: le_u16(b, 10),
+            flags: le_u32(b, 12),
+            page_size: le_u64(b, 16),
+        }
+    }
 }
 
 /// The fixed footer in the last 64 bytes.
@@ -129,6 +146,35 @@ impl Footer {
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
+
+    /// The fields of `b` as they are, checking nothing (not even the magic or CRC):
+    /// [`parse_footer`] is the checked form.
+    pub fn decode_unchecked(b: &[u8; FOOTER_LEN]) -> Self {
+        Footer {
+            metadata_offset: le_u64(b, 8),
+            metadata_len: le_u64(b, 16),
+            metadata_crc32: le_u32(b, 24),
+            metadata_encoding: le_u32(b, 28),
+            file_len: le_u64(b, 32),
+        }
+    }
+}
+
+// Callers pass fixed-size arrays and constant offsets inside them: the slices cannot fail.
+pub(crate) fn le_u16(b: &[u8], at: usize) -> u16 {
+    let mut x = [0u8; 2];
+    x.copy_from_slice(&b[at..at + 2]);
+    u16::from_le_bytes(x)
+}
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
 }
 
 /// Serializes the metadata (the writer appends it after the last chunk).

@@ -3,13 +3,14 @@
 
 use std::fmt;
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::{
-    crc32, validate_metadata, Chunk, Compression, Footer, Header, Metadata, ValidationError,
-    FIRST_CHUNK_OFFSET, FOOTER_LEN, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, HEADER_LEN,
-    HEADER_MAGIC, MAX_METADATA_LEN, METADATA_ENCODING_JSON, PAGE_SIZE,
+    crc32, le_u32, validate_metadata, Chunk, Compression, Footer, Header, Metadata,
+    ValidationError, FIRST_CHUNK_OFFSET, FOOTER_LEN, FOOTER_MAGIC, FORMAT_MAJOR, FORMAT_MINOR,
+    HEADER_LEN, HEADER_MAGIC, MAX_METADATA_LEN, METADATA_ENCODING_JSON, PAGE_SIZE,
 };
 
 /// Why an image cannot be read. Every variant says where the problem is.
@@ -58,22 +59,6 @@ impl fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    let mut x = [0u8; 2];
-    x.copy_from_slice(&b[at..at + 2]);
-    u16::from_le_bytes(x)
-}
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
 /// Parses and checks the 64-byte header.
 pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<Header, ReadError> {
     if b[0..8] != HEADER_MAGIC {
@@ -84,12 +69,7 @@ pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<Header, ReadError> {
             what: "header".into(),
         });
     }
-    let h = Header {
-        major: le_u16(b, 8),
-        minor: le_u16(b, 10),
-        flags: le_u32(b, 12),
-        page_size: le_u64(b, 16),
-    };
+    let h = Header::decode_unchecked(b);
     if h.major != FORMAT_MAJOR || h.minor > FORMAT_MINOR {
         return Err(ReadError::UnsupportedVersion {
             major: h.major,
@@ -117,13 +97,7 @@ pub fn parse_footer(b: &[u8; FOOTER_LEN], file_len: u64) -> Result<Footer, ReadE
             what: "footer".into(),
         });
     }
-    let f = Footer {
-        metadata_offset: le_u64(b, 8),
-        metadata_len: le_u64(b, 16),
-        metadata_crc32: le_u32(b, 24),
-        metadata_encoding: le_u32(b, 28),
-        file_len: le_u64(b, 32),
-    };
+    let f = Footer::decode_unchecked(b);
     if f.file_len != file_len {
         return Err(ReadError::Truncated {
             expected: f.file_len,
@@ -138,62 +112,162 @@ pub fn parse_footer(b: &[u8; FOOTER_LEN], file_len: u64) -> Result<Footer, ReadE
     }
     if f.metadata_len > MAX_METADATA_LEN {
         return Err(ReadError::BadFooter(format!(
-            "metadata length {} exceeds the limit",
+            "metadata length {} exceeds the limit of {MAX_METADATA_LEN} bytes",
             f.metadata_len
         )));
     }
     let end = f.metadata_offset.checked_add(f.metadata_len);
     if f.metadata_offset < FIRST_CHUNK_OFFSET || end != file_len.checked_sub(FOOTER_LEN as u64) {
         return Err(ReadError::BadFooter(format!(
-            "metadata at {}+{} does not end where the footer starts",
-            f.metadata_offset, f.metadata_len
+            "metadata at file offset {} ({} bytes) does not lie between the chunk area \
+             (offset {FIRST_CHUNK_OFFSET}) and the footer (offset {})",
+            f.metadata_offset,
+            f.metadata_len,
+            file_len.saturating_sub(FOOTER_LEN as u64)
         )));
     }
     Ok(f)
 }
 
-/// An open, validated image.
-#[derive(Debug)]
-pub struct ImageFile {
+/// A source of image bytes that can be read at any offset: a [`File`], or bytes in memory
+/// (`[u8]`, `Vec<u8>`), or a reference to either.
+pub trait ReadAt {
+    /// Length of the whole image in bytes.
+    fn total_len(&self) -> io::Result<u64>;
+    /// Fills `buf` with the bytes at `offset`; fails with `UnexpectedEof` past the end.
+    fn read_fully_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn total_len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn read_fully_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn total_len(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+    fn read_fully_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some((start, start.checked_add(buf.len())?)))
+            .and_then(|(start, end)| self.get(start..end));
+        match src {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the image",
+            )),
+        }
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn total_len(&self) -> io::Result<u64> {
+        self.as_slice().total_len()
+    }
+    fn read_fully_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.as_slice().read_fully_at(buf, offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn total_len(&self) -> io::Result<u64> {
+        (**self).total_len()
+    }
+    fn read_fully_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_fully_at(buf, offset)
+    }
+}
+
+/// An open, validated image, read from a file (the default) or any other [`ReadAt`].
+pub struct ImageFile<R = File> {
     pub header: Header,
     pub footer: Footer,
     pub metadata: Metadata,
-    file: File,
+    source: R,
 }
 
-impl ImageFile {
+impl<R> fmt::Debug for ImageFile<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImageFile")
+            .field("header", &self.header)
+            .field("footer", &self.footer)
+            .field("metadata", &self.metadata)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageFile<File> {
     /// Opens `path`, checks header, footer, metadata checksum and consistency.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
         let file = File::open(path)
             .map_err(|e| ReadError::Io(format!("cannot open {}", path.display()), e))?;
-        let len = file
+        let meta = file
             .metadata()
-            .map_err(|e| ReadError::Io(format!("cannot stat {}", path.display()), e))?
-            .len();
+            .map_err(|e| ReadError::Io(format!("cannot stat {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(ReadError::Io(
+                format!("cannot read {}", path.display()),
+                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        Self::from_reader(file)
+    }
+
+    pub fn file(&self) -> &File {
+        &self.source
+    }
+}
+
+impl<'a> ImageFile<&'a [u8]> {
+    /// Reads an image held in memory (the whole file's bytes), with the same checks as
+    /// [`ImageFile::open`].
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ReadError> {
+        Self::from_reader(bytes)
+    }
+}
+
+impl<R: ReadAt> ImageFile<R> {
+    /// Reads and checks header, footer, metadata checksum and consistency from `source`.
+    pub fn from_reader(source: R) -> Result<Self, ReadError> {
+        let len = source
+            .total_len()
+            .map_err(|e| ReadError::Io("cannot get the image's length".into(), e))?;
         if len < FIRST_CHUNK_OFFSET + FOOTER_LEN as u64 {
             return Err(ReadError::TooShort { len });
         }
         let mut hb = [0u8; HEADER_LEN];
-        read_exact_at(&file, &mut hb, 0)?;
+        read_exact_at(&source, &mut hb, 0)?;
         let header = parse_header(&hb)?;
         let mut fb = [0u8; FOOTER_LEN];
-        read_exact_at(&file, &mut fb, len - FOOTER_LEN as u64)?;
+        read_exact_at(&source, &mut fb, len - FOOTER_LEN as u64)?;
+        // parse_footer bounds the metadata by MAX_METADATA_LEN and by the file's length.
         let footer = parse_footer(&fb, len)?;
         let mut mb = vec![0u8; footer.metadata_len as usize];
-        read_exact_at(&file, &mut mb, footer.metadata_offset)?;
+        read_exact_at(&source, &mut mb, footer.metadata_offset)?;
         if crc32(&mb) != footer.metadata_crc32 {
             return Err(ReadError::BadCrc {
-                what: "metadata".into(),
+                what: format!(
+                    "metadata (file offset {}, {} bytes)",
+                    footer.metadata_offset, footer.metadata_len
+                ),
             });
         }
-        let metadata: Metadata =
-            serde_json::from_slice(&mb).map_err(|e| ReadError::Metadata(e.to_string()))?;
+        let metadata = decode_metadata(&mb)?;
         validate_metadata(&metadata, footer.metadata_offset).map_err(ReadError::Invalid)?;
         Ok(ImageFile {
             header,
             footer,
             metadata,
-            file,
+            source,
         })
     }
 
@@ -201,8 +275,9 @@ impl ImageFile {
     pub fn read_chunk_stored(&self, index: usize, buf: &mut Vec<u8>) -> Result<(), ReadError> {
         let chunk = self.chunk(index)?;
         buf.clear();
+        // Validation bounded stored_len by the file's length.
         buf.resize(chunk.stored_len as usize, 0);
-        read_exact_at(&self.file, buf, chunk.offset)?;
+        read_exact_at(&self.source, buf, chunk.offset)?;
         if crc32(buf) != chunk.crc32 {
             return Err(ReadError::BadCrc {
                 what: format!("chunk {index} (file offset {})", chunk.offset),
@@ -223,16 +298,37 @@ impl ImageFile {
         decode_chunk(index, chunk, scratch, out)
     }
 
-    fn chunk(&self, index: usize) -> Result<&Chunk, ReadError> {
+    /// Reads, checks and decompresses chunk `index` into a new buffer of `raw_len` bytes.
+    pub fn read_chunk_to_vec(&self, index: usize) -> Result<Vec<u8>, ReadError> {
+        let chunk = self.chunk(index)?;
+        let mut out = vec![0u8; chunk.raw_len as usize];
+        let mut scratch = Vec::new();
+        self.read_chunk(index, &mut scratch, &mut out)?;
+        Ok(out)
+    }
+
+    /// The chunk's entry in the page index.
+    pub fn chunk(&self, index: usize) -> Result<&Chunk, ReadError> {
         self.metadata.chunks.get(index).ok_or(ReadError::Chunk {
             index,
             reason: "no such chunk".into(),
         })
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
+    /// Where the bytes come from.
+    pub fn source(&self) -> &R {
+        &self.source
     }
+
+    /// Gives the source back.
+    pub fn into_source(self) -> R {
+        self.source
+    }
+}
+
+/// Decodes metadata bytes (JSON) without validating them.
+pub fn decode_metadata(bytes: &[u8]) -> Result<Metadata, ReadError> {
+    serde_json::from_slice(bytes).map_err(|e| ReadError::Metadata(e.to_string()))
 }
 
 /// Decompresses a chunk's (already CRC-checked) stored bytes into `out`.
@@ -275,7 +371,7 @@ pub fn decode_chunk(
     Ok(())
 }
 
-fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> Result<(), ReadError> {
-    file.read_exact_at(buf, at)
+fn read_exact_at<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], at: u64) -> Result<(), ReadError> {
+    src.read_fully_at(buf, at)
         .map_err(|e| ReadError::Io(format!("reading {} bytes at offset {at}", buf.len()), e))
 }

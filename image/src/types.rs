@@ -1,7 +1,8 @@
 //! The metadata of an image: everything but the page contents.
 //!
-//! Serialized as JSON (field names as written here, enums externally tagged by
-//! `kind`). Addresses and sizes are exact unsigned 64-bit integers.
+//! Serialized as JSON (field names as written here; enums with data internally tagged by
+//! `kind`, or `how` for [`FdRestore`]; plain enums as `snake_case` strings). Addresses and
+//! sizes are exact unsigned 64-bit integers. `docs/image-format.md` lists every field.
 
 use serde::{Deserialize, Serialize};
 

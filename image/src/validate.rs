@@ -1,9 +1,34 @@
 //! Consistency checks on decoded metadata, run by the reader before anything acts on it:
 //! every address, size, count and offset is bounded here.
+//!
+//! What is checked (each error names the item by index and address or file offset):
+//!
+//! - counts: mappings, threads (at least one), descriptors, signals, limits;
+//! - mappings: page-aligned, non-empty, sorted, non-overlapping, inside user space (only the
+//!   `[vsyscall]` page may lie above it), known protection bits, page-aligned file offset,
+//!   shared kinds marked `shared`, nothing stored for kinds the kernel or a file recreates;
+//! - chunks: in file order, non-overlapping, after the header and before the metadata; raw
+//!   length 1 page to [`MAX_CHUNK_RAW_LEN`] and equal to the pages of its runs; stored
+//!   (uncompressed) chunks exactly `raw_len` long and page-aligned in the file; zstd chunks no
+//!   longer than zstd's worst case for `raw_len`;
+//! - page runs: page-aligned, in user space, inside one mapping whose contents are stored,
+//!   no page stored twice;
+//! - threads: tids positive and unique, `rsp`/`rip` non-zero user addresses, other saved
+//!   pointers zero or in user space;
+//! - descriptors sorted by number, unique, non-negative;
+//! - signals 1..=64 except SIGKILL and SIGSTOP, unique, handler and restorer in user space;
+//! - resource limits: resource below [`RLIM_NLIMITS`], unique, `cur <= max`;
+//! - `mm`: every address in user space, each start not after its end, `auxv` pairs bounded;
+//! - the restore-info block address: zero or an aligned block in user space.
+//!
+//! `stats`, `warnings`, `process` and `checkpoint` are informational and not checked.
 
 use std::fmt;
 
-use crate::{Contents, Metadata, FIRST_CHUNK_OFFSET, MAX_CHUNK_RAW_LEN, PAGE_SIZE};
+use crate::{
+    restore_info, Compression, Contents, MappingKind, Metadata, FIRST_CHUNK_OFFSET,
+    MAX_CHUNK_RAW_LEN, PAGE_SIZE,
+};
 
 /// End of the x86-64 user address space (47-bit, 4-level paging).
 pub const USER_SPACE_END: u64 = 0x0000_7fff_ffff_f000;
@@ -12,6 +37,17 @@ pub const VSYSCALL_START: u64 = 0xffff_ffff_ff60_0000;
 pub const MAX_MAPPINGS: usize = 1 << 20;
 pub const MAX_THREADS: usize = 1 << 16;
 pub const MAX_FDS: usize = 1 << 20;
+/// Signals 1..=64: at most one disposition each.
+pub const MAX_SIGNAL: u32 = 64;
+/// Number of resource limits the kernel knows (`RLIM_NLIMITS`): `resource` is below it.
+pub const RLIM_NLIMITS: u32 = 16;
+/// Upper bound on the `auxv` words (the kernel keeps far fewer).
+pub const MAX_AUXV_WORDS: usize = 512;
+/// Upper bound on [`crate::CpuInfo::xsave_frame_size`] (AMX frames are about 11 KiB).
+pub const MAX_XSAVE_FRAME_SIZE: u32 = 1 << 20;
+
+const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError(pub String);
@@ -28,9 +64,37 @@ fn err<T>(s: String) -> Result<T, ValidationError> {
     Err(ValidationError(s))
 }
 
+/// `addr` is zero or a user-space address.
+fn user_or_null(addr: u64) -> bool {
+    addr < USER_SPACE_END
+}
+
+/// `addr` is a non-zero user-space address.
+fn user_nonnull(addr: u64) -> bool {
+    addr != 0 && addr < USER_SPACE_END
+}
+
+/// `[addr, addr+len)` lies in user space.
+fn user_range(addr: u64, len: u64) -> bool {
+    addr.checked_add(len).is_some_and(|e| e <= USER_SPACE_END)
+}
+
 /// Checks `m` against itself and against `chunks_end` (the file offset where the metadata,
 /// and so the last chunk's end, lies).
 pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> {
+    validate_counts(m)?;
+    validate_mappings(m)?;
+    validate_chunks(m, chunks_end)?;
+    validate_threads(m)?;
+    validate_fds(m)?;
+    validate_signals(m)?;
+    validate_rlimits(m)?;
+    validate_mm(m)?;
+    validate_misc(m)?;
+    Ok(())
+}
+
+fn validate_counts(m: &Metadata) -> Result<(), ValidationError> {
     if m.mappings.len() > MAX_MAPPINGS {
         return err(format!(
             "{} mappings exceed the limit of {MAX_MAPPINGS}",
@@ -44,51 +108,94 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
         ));
     }
     if m.fds.len() > MAX_FDS {
-        return err(format!("{} descriptors exceed the limit", m.fds.len()));
+        return err(format!(
+            "{} descriptors exceed the limit of {MAX_FDS}",
+            m.fds.len()
+        ));
     }
+    Ok(())
+}
+
+fn validate_mappings(m: &Metadata) -> Result<(), ValidationError> {
     let mut prev_end = 0u64;
     for (i, map) in m.mappings.iter().enumerate() {
-        let vsyscall = map.start == VSYSCALL_START;
+        let at = format!("mapping {i} {:#x}-{:#x}", map.start, map.end);
         if map.start % PAGE_SIZE != 0 || map.end % PAGE_SIZE != 0 || map.end <= map.start {
-            return err(format!(
-                "mapping {i} {:#x}-{:#x} is empty or not page-aligned",
-                map.start, map.end
-            ));
+            return err(format!("{at} is empty or not page-aligned"));
         }
-        if !vsyscall && map.end > USER_SPACE_END {
-            return err(format!(
-                "mapping {i} {:#x}-{:#x} lies outside user space",
-                map.start, map.end
-            ));
+        let is_vsyscall_kind = matches!(map.kind, MappingKind::Vsyscall);
+        if map.end > USER_SPACE_END {
+            // Only the one [vsyscall] page may lie above user space.
+            if !(is_vsyscall_kind
+                && map.start == VSYSCALL_START
+                && map.end == VSYSCALL_START + PAGE_SIZE)
+            {
+                return err(format!("{at} lies outside user space"));
+            }
         }
         if map.start < prev_end {
             return err(format!(
-                "mapping {i} at {:#x} overlaps or is out of order",
-                map.start
+                "{at} overlaps the previous mapping (which ends at {prev_end:#x}) or is out of order"
             ));
         }
         if map.prot & !7 != 0 {
-            return err(format!(
-                "mapping {i} has unknown protection bits {:#x}",
-                map.prot
-            ));
+            return err(format!("{at} has unknown protection bits {:#x}", map.prot));
         }
         if map.offset % PAGE_SIZE != 0 {
             return err(format!(
-                "mapping {i} file offset {:#x} is not page-aligned",
+                "{at} file offset {:#x} is not page-aligned",
                 map.offset
+            ));
+        }
+        let kind_name = match &map.kind {
+            MappingKind::Anonymous => "anonymous",
+            MappingKind::Heap => "heap",
+            MappingKind::Stack => "stack",
+            MappingKind::File { .. } => "file",
+            MappingKind::SharedFile { .. } => "shared_file",
+            MappingKind::SharedAnonymous => "shared_anonymous",
+            MappingKind::Vdso { .. } => "vdso",
+            MappingKind::Vvar => "vvar",
+            MappingKind::VvarVclock => "vvar_vclock",
+            MappingKind::Vsyscall => "vsyscall",
+        };
+        // A shared kind must come from a shared mapping. (The converse does not hold: the
+        // writer saves a shared mapping of a deleted file as `anonymous`, shared = true, and
+        // a restart brings it back private.)
+        let shared_kind = matches!(
+            map.kind,
+            MappingKind::SharedFile { .. } | MappingKind::SharedAnonymous
+        );
+        if shared_kind && !map.shared {
+            return err(format!("{at} of kind {kind_name} has shared = false"));
+        }
+        let recreated = matches!(
+            map.kind,
+            MappingKind::SharedFile { .. }
+                | MappingKind::Vdso { .. }
+                | MappingKind::Vvar
+                | MappingKind::VvarVclock
+                | MappingKind::Vsyscall
+        );
+        if recreated && map.contents == Contents::Stored {
+            return err(format!(
+                "{at} of kind {kind_name} cannot have stored contents"
             ));
         }
         prev_end = map.end;
     }
+    Ok(())
+}
+
+fn validate_chunks(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> {
     // Every stored page run must fall inside one mapping whose contents are stored, and
     // no page may be stored twice.
-    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut runs: Vec<(u64, u64, usize)> = Vec::new();
     let mut expected_offset = FIRST_CHUNK_OFFSET;
     for (ci, c) in m.chunks.iter().enumerate() {
         if c.offset < expected_offset {
             return err(format!(
-                "chunk {ci} at offset {} overlaps the previous chunk or the header",
+                "chunk {ci} at file offset {} overlaps the previous chunk or the header",
                 c.offset
             ));
         }
@@ -98,17 +205,44 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
             .filter(|&e| e <= chunks_end);
         let Some(end) = end else {
             return err(format!(
-                "chunk {ci} at {}+{} lies outside the chunk area",
+                "chunk {ci} at file offset {}+{} lies outside the chunk area (which ends at {chunks_end})",
                 c.offset, c.stored_len
             ));
         };
         expected_offset = end;
         if c.raw_len == 0 || c.raw_len > MAX_CHUNK_RAW_LEN || c.raw_len % PAGE_SIZE != 0 {
             return err(format!(
-                "chunk {ci} raw length {} is not 1 to {} pages",
+                "chunk {ci} at file offset {} raw length {} is not 1 to {} pages",
+                c.offset,
                 c.raw_len,
                 MAX_CHUNK_RAW_LEN / PAGE_SIZE
             ));
+        }
+        match c.compression {
+            Compression::None => {
+                if c.stored_len != c.raw_len {
+                    return err(format!(
+                        "stored chunk {ci} at file offset {} is {} bytes, its raw length is {}",
+                        c.offset, c.stored_len, c.raw_len
+                    ));
+                }
+                if c.offset % PAGE_SIZE != 0 {
+                    return err(format!(
+                        "stored chunk {ci} at file offset {} is not page-aligned",
+                        c.offset
+                    ));
+                }
+            }
+            Compression::Zstd => {
+                // raw_len <= MAX_CHUNK_RAW_LEN, so the cast is exact.
+                let bound = zstd::zstd_safe::compress_bound(c.raw_len as usize) as u64;
+                if c.stored_len == 0 || c.stored_len > bound {
+                    return err(format!(
+                        "zstd chunk {ci} at file offset {} is {} bytes: not 1 to {bound} for {} raw bytes",
+                        c.offset, c.stored_len, c.raw_len
+                    ));
+                }
+            }
         }
         let mut pages = 0u64;
         for r in &c.runs {
@@ -116,7 +250,7 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
             let run_end = len.and_then(|l| r.addr.checked_add(l));
             match run_end {
                 Some(e) if r.pages > 0 && r.addr % PAGE_SIZE == 0 && e <= USER_SPACE_END => {
-                    runs.push((r.addr, e))
+                    runs.push((r.addr, e, ci))
                 }
                 _ => {
                     return err(format!(
@@ -137,9 +271,11 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
     runs.sort_unstable();
     let mut mi = 0usize;
     let mut last_end = 0u64;
-    for (start, end) in runs {
+    for (start, end, ci) in runs {
         if start < last_end {
-            return err(format!("page {start:#x} is stored twice"));
+            return err(format!(
+                "page {start:#x} is stored twice (again in chunk {ci})"
+            ));
         }
         last_end = end;
         while mi < m.mappings.len() && m.mappings[mi].end <= start {
@@ -148,10 +284,192 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
         match m.mappings.get(mi) {
             Some(map)
                 if map.start <= start && end <= map.end && map.contents == Contents::Stored => {}
-            _ => return err(format!(
-                "stored pages {start:#x}-{end:#x} are not inside a mapping with stored contents"
-            )),
+            _ => {
+                return err(format!(
+                "stored pages {start:#x}-{end:#x} of chunk {ci} are not inside a mapping with stored contents"
+            ))
+            }
         }
+    }
+    Ok(())
+}
+
+fn validate_threads(m: &Metadata) -> Result<(), ValidationError> {
+    let mut tids: Vec<i32> = Vec::with_capacity(m.threads.len());
+    for (i, t) in m.threads.iter().enumerate() {
+        let at = format!("thread {i} (tid {})", t.tid);
+        if t.tid <= 0 {
+            return err(format!("{at} has a non-positive tid"));
+        }
+        tids.push(t.tid);
+        if !user_nonnull(t.regs.rsp) {
+            return err(format!(
+                "{at} resume rsp {:#x} is not a user address",
+                t.regs.rsp
+            ));
+        }
+        if !user_nonnull(t.regs.rip) {
+            return err(format!(
+                "{at} resume rip {:#x} is not a user address",
+                t.regs.rip
+            ));
+        }
+        for (what, v) in [
+            ("fs_base", t.fs_base),
+            ("tid_address", t.tid_address),
+            ("robust_list", t.robust_list),
+        ] {
+            if !user_or_null(v) {
+                return err(format!("{at} {what} {v:#x} is not a user address"));
+            }
+        }
+        if !user_range(t.sigaltstack.sp, t.sigaltstack.size) {
+            return err(format!(
+                "{at} sigaltstack {:#x}+{:#x} is not in user space",
+                t.sigaltstack.sp, t.sigaltstack.size
+            ));
+        }
+        if let Some(r) = t.rseq {
+            if r.addr == 0 || !user_range(r.addr, u64::from(r.len)) {
+                return err(format!(
+                    "{at} rseq area {:#x}+{} is not in user space",
+                    r.addr, r.len
+                ));
+            }
+        }
+    }
+    tids.sort_unstable();
+    if let Some(w) = tids.windows(2).find(|w| w[0] == w[1]) {
+        return err(format!("tid {} appears in two threads", w[0]));
+    }
+    Ok(())
+}
+
+fn validate_fds(m: &Metadata) -> Result<(), ValidationError> {
+    let mut prev: Option<i32> = None;
+    for (i, f) in m.fds.iter().enumerate() {
+        if f.fd < 0 {
+            return err(format!("descriptor entry {i} has negative number {}", f.fd));
+        }
+        if prev.is_some_and(|p| f.fd <= p) {
+            return err(format!(
+                "descriptor entry {i} (fd {}) is a duplicate or out of order",
+                f.fd
+            ));
+        }
+        prev = Some(f.fd);
+    }
+    Ok(())
+}
+
+fn validate_signals(m: &Metadata) -> Result<(), ValidationError> {
+    let mut seen = 0u64;
+    for (i, s) in m.signals.iter().enumerate() {
+        if s.signo == 0 || s.signo > MAX_SIGNAL || s.signo == SIGKILL || s.signo == SIGSTOP {
+            return err(format!(
+                "signal entry {i} has signal number {} (must be 1 to {MAX_SIGNAL}, not SIGKILL or SIGSTOP)",
+                s.signo
+            ));
+        }
+        let bit = 1u64 << (s.signo - 1);
+        if seen & bit != 0 {
+            return err(format!(
+                "signal entry {i}: signal {} appears twice",
+                s.signo
+            ));
+        }
+        seen |= bit;
+        // SIG_DFL is 0 and SIG_IGN 1; anything else is a function in user space.
+        if !user_or_null(s.handler) || !user_or_null(s.restorer) {
+            return err(format!(
+                "signal {} handler {:#x} or restorer {:#x} is not a user address",
+                s.signo, s.handler, s.restorer
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_rlimits(m: &Metadata) -> Result<(), ValidationError> {
+    let mut seen = 0u32;
+    for (i, r) in m.rlimits.iter().enumerate() {
+        if r.resource >= RLIM_NLIMITS {
+            return err(format!(
+                "limit entry {i} has unknown resource {} (must be below {RLIM_NLIMITS})",
+                r.resource
+            ));
+        }
+        let bit = 1u32 << r.resource;
+        if seen & bit != 0 {
+            return err(format!(
+                "limit entry {i}: resource {} appears twice",
+                r.resource
+            ));
+        }
+        seen |= bit;
+        if r.cur > r.max {
+            return err(format!(
+                "limit entry {i} (resource {}): soft limit {} exceeds hard limit {}",
+                r.resource, r.cur, r.max
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_mm(m: &Metadata) -> Result<(), ValidationError> {
+    let mm = &m.mm;
+    let fields = [
+        ("start_code", mm.start_code),
+        ("end_code", mm.end_code),
+        ("start_data", mm.start_data),
+        ("end_data", mm.end_data),
+        ("start_brk", mm.start_brk),
+        ("brk", mm.brk),
+        ("start_stack", mm.start_stack),
+        ("arg_start", mm.arg_start),
+        ("arg_end", mm.arg_end),
+        ("env_start", mm.env_start),
+        ("env_end", mm.env_end),
+    ];
+    for (name, v) in fields {
+        if v > USER_SPACE_END {
+            return err(format!("mm.{name} {v:#x} is not in user space"));
+        }
+    }
+    let pairs = [
+        ("start_code", mm.start_code, "end_code", mm.end_code),
+        ("start_data", mm.start_data, "end_data", mm.end_data),
+        ("start_brk", mm.start_brk, "brk", mm.brk),
+        ("arg_start", mm.arg_start, "arg_end", mm.arg_end),
+        ("env_start", mm.env_start, "env_end", mm.env_end),
+    ];
+    for (a, av, b, bv) in pairs {
+        if av > bv {
+            return err(format!("mm.{a} {av:#x} lies after mm.{b} {bv:#x}"));
+        }
+    }
+    if mm.auxv.len() & 1 != 0 || mm.auxv.len() > MAX_AUXV_WORDS {
+        return err(format!(
+            "mm.auxv has {} words: must be (type, value) pairs, at most {MAX_AUXV_WORDS} words",
+            mm.auxv.len()
+        ));
+    }
+    Ok(())
+}
+
+fn validate_misc(m: &Metadata) -> Result<(), ValidationError> {
+    let a = m.library.restore_info_addr;
+    if a != 0 && (a & 7 != 0 || !user_range(a, restore_info::LEN as u64)) {
+        return err(format!(
+            "library.restore_info_addr {a:#x} is not an aligned user address"
+        ));
+    }
+    if m.cpu.xsave_frame_size > MAX_XSAVE_FRAME_SIZE {
+        return err(format!(
+            "cpu.xsave_frame_size {} exceeds {MAX_XSAVE_FRAME_SIZE}",
+            m.cpu.xsave_frame_size
+        ));
     }
     Ok(())
 }
