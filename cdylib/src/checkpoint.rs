@@ -1,21 +1,22 @@
-//! Trigger, capture and fork: everything that runs in the application's process when a
-//! checkpoint is asked for. This is the application's pause.
+//! Trigger, quiesce, capture and fork: everything that runs in the application's process
+//! when a checkpoint is asked for. This is the application's pause.
 //!
-//! Runs in a signal handler. Allowed: the raw syscalls of `sys`, reading `RUNTIME` (set
-//! before the handler was installed), atomics, the fixed buffers of `state`.
-//! Not allowed: allocation, stdio, locks, any libc call that may take a lock or touch
-//! errno-dependent state.
+//! Runs in signal handlers (the leader's, and every other thread's while it is stopped).
+//! Allowed: the raw syscalls of `sys`, reading `RUNTIME` (set before the handler was
+//! installed), atomics, the fixed buffers of `state`. Not allowed: allocation, stdio, locks,
+//! any libc call that may take a lock or touch errno-dependent state.
 
 use core::ffi::c_void;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::config::LogLevel;
 use crate::fixbuf::FixBuf;
-use crate::fork::{fork_with_resume_point, Forked};
+use crate::fork::{fork_with_resume_point, save_resume_point, Forked};
 use crate::report::{self, Line};
 use crate::state::{
-    Trigger, API_FAILED, API_PENDING, API_RESTORED, CAPTURE, CHECKPOINT_BUSY, GENERATION,
-    LAST_WRITER, MAX_FDS, RESTORE_INFO, RUNTIME, SEQ, TIMER_ID, WRITER_PID,
+    Capture, Runtime, ThreadCapture, Trigger, API_FAILED, API_PENDING, API_RESTORED, CAPTURE,
+    CHECKPOINT_BUSY, GENERATION, LAST_WRITER, MAX_FDS, MAX_THREADS, QUIESCE, RESTORE_INFO, RUNTIME,
+    SEQ, THREADS, TIMER_ID, WRITER_PID,
 };
 use crate::{sys, writer};
 
@@ -25,8 +26,14 @@ const SI_TKILL: i32 = -6;
 const CLD_EXITED: i32 = 1;
 const CLD_DUMPED: i32 = 3;
 
+/// Slots in THREADS the leader has handed out for the current quiesce.
+static SLOTS_USED: AtomicUsize = AtomicUsize::new(0);
+/// Per slot: the thread saved its state and waits.
+static ARRIVED: [AtomicBool; MAX_THREADS] = [const { AtomicBool::new(false) }; MAX_THREADS];
+
 /// The handler of the checkpoint signal. Also receives our writers' exit notifications (their
-/// exit signal is this signal, so the application's SIGCHLD and `wait` never see them).
+/// exit signal is this signal, so the application's SIGCHLD and `wait` never see them), and
+/// the leader's stop requests to the other threads.
 pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_void) {
     if info.is_null() {
         return;
@@ -40,6 +47,17 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
         reap_writer(pid, true);
         return;
     }
+    // SAFETY: SI_TKILL carries the sender's pid.
+    if code == SI_TKILL
+        && QUIESCE.active.load(Ordering::SeqCst)
+        && unsafe { info.si_pid() } == sys::getpid()
+    {
+        let me = sys::gettid();
+        if me != QUIESCE.leader_tid.load(Ordering::SeqCst) {
+            stop_this_thread(me, uctx);
+            return;
+        }
+    }
     let (trigger, id) = match code {
         // SAFETY: SI_QUEUE carries a sigval; forkpoint checkpoint puts the request id there.
         SI_QUEUE => (
@@ -51,6 +69,48 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
         _ => (Trigger::Signal, 0),
     };
     checkpoint(trigger, id, uctx);
+}
+
+/// A non-leader thread: save what only it can read, say so, and wait for the release.
+/// In a restored process the thread resumes here and waits for the restored leader.
+fn stop_this_thread(tid: i32, uctx: *mut c_void) {
+    let Some(rt) = RUNTIME.get() else { return };
+    let used = SLOTS_USED.load(Ordering::SeqCst);
+    // SAFETY: the leader wrote the tids before signalling; each thread writes only its own slot.
+    let slots = unsafe { &mut *THREADS.get() };
+    let Some(k) = (1..used).find(|&k| slots[k].tid == tid) else {
+        return;
+    };
+    capture_thread(&mut slots[k], rt, uctx);
+    // SAFETY: the slot is in a static; our frame stays put until the release (we wait below).
+    let restored = unsafe { save_resume_point(&mut slots[k].regs) };
+    if restored {
+        // Out of the restore blob: the leader may unmap it once every thread is.
+        QUIESCE.resumed.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&QUIESCE.resumed);
+    } else {
+        ARRIVED[k].store(true, Ordering::SeqCst);
+        QUIESCE.arrived.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&QUIESCE.arrived);
+    }
+    // Wait for this quiesce's release (an epoch, so a late waker of an earlier checkpoint
+    // never mistakes the next one's state for its own).
+    let epoch = QUIESCE.epoch.load(Ordering::SeqCst);
+    loop {
+        let r = QUIESCE.release.load(Ordering::SeqCst);
+        if r == epoch {
+            break;
+        }
+        sys::futex_wait(&QUIESCE.release, r, 0);
+    }
+}
+
+fn release_threads() {
+    QUIESCE
+        .release
+        .store(QUIESCE.epoch.load(Ordering::SeqCst), Ordering::SeqCst);
+    sys::futex_wake_all(&QUIESCE.release);
+    QUIESCE.active.store(false, Ordering::SeqCst);
 }
 
 /// Reaps writer `pid` if it has exited, recording its status for the API. A writer that died
@@ -81,10 +141,8 @@ pub fn reap_writer(pid: i32, nohang: bool) -> Option<i32> {
             }
             Ok(_) => return None,
             Err(libc::EINTR) => continue,
-            Err(_) => {
-                // Someone else (the API's blocking wait) reaped it.
-                return None;
-            }
+            // Someone else (the API's blocking wait) reaped it.
+            Err(_) => return None,
         }
     }
 }
@@ -107,6 +165,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         return;
     }
     let pid = sys::getpid();
+    let me = sys::gettid();
     let mut report_path = FixBuf::<4096>::new();
     report::ensure_runtime_dir(pid);
     report::runtime_file(&mut report_path, pid, "report", id);
@@ -121,22 +180,27 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
         return;
     }
-    let threads = count_threads();
-    if threads != 1 {
-        let mut msg = Line::new();
-        msg.str("the process has ").u64(threads as u64);
-        msg.str(" threads; this forkpoint version checkpoints single-threaded programs only");
-        fail(report_path.as_bytes(), trigger, msg.as_bytes());
-        CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
-        return;
-    }
+
+    let t_quiesce = sys::monotonic_ns();
+    let n_threads = match stop_other_threads(rt, pid, me) {
+        Ok(n) => n,
+        Err(msg) => {
+            release_threads();
+            fail(report_path.as_bytes(), trigger, msg.as_bytes());
+            CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+            return;
+        }
+    };
+    let t_capture = sys::monotonic_ns();
 
     // SAFETY: CHECKPOINT_BUSY is held: nobody else touches CAPTURE until we release it.
     let cap = unsafe { &mut *CAPTURE.get() };
+    // SAFETY: slot 0 is the leader's; the others are only read from here on.
+    let slots = unsafe { &mut *THREADS.get() };
     cap.trigger = trigger;
     cap.request_id = id;
     cap.pid = pid;
-    cap.tid = sys::gettid();
+    cap.n_threads = n_threads;
     cap.seq = SEQ.load(Ordering::SeqCst) + 1;
     cap.generation = GENERATION.load(Ordering::SeqCst);
     cap.t_start_ns = t0;
@@ -144,39 +208,52 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     cap.report_path.clear();
     cap.report_path.push(report_path.as_bytes());
     choose_output_path(cap, rt, pid, id);
-    capture_thread(cap, rt, uctx);
+    slots[0].tid = me;
+    capture_thread(&mut slots[0], rt, uctx);
     capture_fd_offsets(cap);
 
-    let (stack_lo, stack_hi) = rt.child_stack;
-    let _ = stack_lo;
-    // SAFETY: cap.regs lives in a static; the child stack is ours alone (mapped at init, used
-    // only by writer children, each in its own address space).
+    let t_fork = sys::monotonic_ns();
+    // SAFETY: slots[0].regs lives in a static; the child stack is ours alone (mapped at init,
+    // used only by writer children, each in its own address space).
     let forked = unsafe {
         fork_with_resume_point(
-            &mut cap.regs,
+            &mut slots[0].regs,
             rt.config.signal,
-            stack_hi as u64,
+            rt.child_stack.1 as u64,
             writer::writer_main,
         )
     };
     match forked {
         Forked::Parent(child) => {
+            release_threads();
             WRITER_PID.store(child, Ordering::SeqCst);
             SEQ.store(cap.seq, Ordering::SeqCst);
             if report::log_enabled(LogLevel::Debug) {
+                let now = sys::monotonic_ns();
                 let mut l = Line::new();
                 l.str("checkpoint ")
                     .u64(cap.seq)
-                    .str(": forked writer ")
+                    .str(": ")
+                    .u64(n_threads as u64)
+                    .str(" threads, pause ");
+                l.u64((now - t0) / 1000)
+                    .str(" us (quiesce ")
+                    .u64((t_capture - t_quiesce) / 1000);
+                l.str(" us, capture ")
+                    .u64((t_fork - t_capture) / 1000)
+                    .str(" us, fork ");
+                l.u64((now - t_fork) / 1000)
+                    .str(" us), writer ")
                     .i64(child as i64);
-                l.str(" after a pause of ")
-                    .u64((sys::monotonic_ns() - t0) / 1000)
-                    .str(" us");
                 report::log(LogLevel::Debug, l.as_bytes());
             }
         }
-        Forked::Restored => after_restore(trigger),
+        Forked::Restored => {
+            after_restore(trigger);
+            release_threads();
+        }
         Forked::Failed(errno) => {
+            release_threads();
             let mut msg = Line::new();
             msg.str("cannot fork the image writer: errno ")
                 .i64(errno as i64);
@@ -186,6 +263,147 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
 }
 
+/// Sends the stop signal to every other thread (rescanning until no new thread appears) and
+/// waits until each has saved its state. Returns the number of threads, leader included.
+fn stop_other_threads(rt: &Runtime, pid: i32, me: i32) -> Result<usize, Line> {
+    // SAFETY: CHECKPOINT_BUSY is held; the stopped threads only write their own slots.
+    let slots = unsafe { &mut *THREADS.get() };
+    QUIESCE.epoch.fetch_add(1, Ordering::SeqCst);
+    QUIESCE.arrived.store(0, Ordering::SeqCst);
+    QUIESCE.resumed.store(0, Ordering::SeqCst);
+    QUIESCE.leader_tid.store(me, Ordering::SeqCst);
+    slots[0].tid = me;
+    SLOTS_USED.store(1, Ordering::SeqCst);
+    QUIESCE.active.store(true, Ordering::SeqCst);
+    let mut used = 1usize;
+    let mut expected = 0u32;
+    loop {
+        let mut new = 0;
+        let mut overflow = false;
+        for_each_task(|tid| {
+            if (0..used).any(|k| slots[k].tid == tid) {
+                return;
+            }
+            if used >= MAX_THREADS {
+                overflow = true;
+                return;
+            }
+            slots[used] = ThreadCapture::EMPTY;
+            slots[used].tid = tid;
+            ARRIVED[used].store(false, Ordering::SeqCst);
+            SLOTS_USED.store(used + 1, Ordering::SeqCst);
+            if sys::tgkill(pid, tid, rt.config.signal).is_ok() {
+                expected += 1;
+            } else {
+                slots[used].tid = 0; // exited meanwhile
+            }
+            used += 1;
+            new += 1;
+        });
+        if overflow {
+            let mut msg = Line::new();
+            msg.str("more than ")
+                .u64(MAX_THREADS as u64)
+                .str(" threads: not supported");
+            return Err(msg);
+        }
+        if new == 0 {
+            break;
+        }
+    }
+    let deadline = sys::monotonic_ns() + rt.config.quiesce_timeout_ns;
+    loop {
+        let arrived = QUIESCE.arrived.load(Ordering::SeqCst);
+        if arrived >= expected {
+            break;
+        }
+        if sys::monotonic_ns() > deadline {
+            // Threads that exited while we waited are fine; any other is stuck.
+            let mut stuck = None;
+            for k in 1..used {
+                if slots[k].tid != 0 && !ARRIVED[k].load(Ordering::SeqCst) {
+                    if task_exists(slots[k].tid) {
+                        stuck.get_or_insert(slots[k].tid);
+                    } else {
+                        slots[k].tid = 0;
+                        expected -= 1;
+                    }
+                }
+            }
+            if let Some(tid) = stuck {
+                return Err(stuck_thread_message(tid, rt));
+            }
+            continue;
+        }
+        sys::futex_wait(&QUIESCE.arrived, arrived, 10_000_000);
+    }
+    // Compact: drop slots of threads that exited before stopping.
+    let mut n = 1;
+    for k in 1..used {
+        if slots[k].tid != 0 && ARRIVED[k].load(Ordering::SeqCst) {
+            if k != n {
+                // SAFETY: both slots are ours (the thread in slot k waits for the release and
+                // never touches its slot again until then; a restore resumes from the copy).
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        &slots[k] as *const ThreadCapture,
+                        &mut slots[n] as *mut ThreadCapture,
+                        1,
+                    )
+                };
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn task_exists(tid: i32) -> bool {
+    let mut p = FixBuf::<64>::new();
+    p.str("/proc/self/task/").i64(tid as i64);
+    sys::stat(p.as_cstr()).is_ok()
+}
+
+/// Names a thread that did not stop: its tid, name, and what it is blocked in.
+fn stuck_thread_message(tid: i32, rt: &Runtime) -> Line {
+    let mut msg = Line::new();
+    msg.str("thread ").i64(tid as i64);
+    let mut buf = [0u8; 256];
+    let mut p = FixBuf::<64>::new();
+    p.str("/proc/self/task/").i64(tid as i64).str("/comm");
+    if let Ok(fd) = sys::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        let n = sys::read_full(fd, &mut buf).unwrap_or(0);
+        sys::close(fd);
+        msg.str(" (").push(trim_newline(&buf[..n])).str(")");
+    }
+    msg.str(" did not stop within ")
+        .u64(rt.config.quiesce_timeout_ns / 1_000_000)
+        .str(" ms");
+    p.clear();
+    p.str("/proc/self/task/").i64(tid as i64).str("/wchan");
+    if let Ok(fd) = sys::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        let n = sys::read_full(fd, &mut buf).unwrap_or(0);
+        sys::close(fd);
+        if n > 0 && buf[0] != b'0' {
+            msg.str("; blocked in ").push(trim_newline(&buf[..n]));
+        }
+    }
+    p.clear();
+    p.str("/proc/self/task/").i64(tid as i64).str("/syscall");
+    if let Ok(fd) = sys::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        let n = sys::read_full(fd, &mut buf).unwrap_or(0);
+        sys::close(fd);
+        let first = buf[..n].split(|&c| c == b' ').next().unwrap_or(b"");
+        if !first.is_empty() {
+            msg.str(", syscall ").push(trim_newline(first));
+        }
+    }
+    msg.str(" (does it block signal ")
+        .i64(rt.config.signal as i64)
+        .str("?); the checkpoint was abandoned and the program runs on");
+    msg
+}
+
 /// Runs first in a restored process: the memory is the writer's snapshot, so undo what the
 /// writer changed, learn what the loader told us, and re-arm what the kernel did not keep.
 fn after_restore(trigger: Trigger) {
@@ -193,20 +411,32 @@ fn after_restore(trigger: Trigger) {
     WRITER_PID.store(0, Ordering::SeqCst);
     // SAFETY: the loader wrote RESTORE_INFO before the process resumed; nothing else writes it.
     let info = unsafe { core::ptr::read_volatile(RESTORE_INFO.get()) };
-    // SAFETY: CHECKPOINT_BUSY is held by this (only) thread.
+    // SAFETY: CHECKPOINT_BUSY is held by this thread.
     let cap = unsafe { &*CAPTURE.get() };
     SEQ.store(cap.seq, Ordering::SeqCst);
-    let generation = if info.0[0] == forkpoint_image::restore_info::MAGIC {
+    let from_loader = info.0[0] == forkpoint_image::restore_info::MAGIC;
+    let generation = if from_loader {
         info.0[1]
     } else {
         cap.generation + 1
     };
     GENERATION.store(generation, Ordering::SeqCst);
-    if info.0[0] == forkpoint_image::restore_info::MAGIC && info.0[2] != 0 && info.0[3] != 0 {
-        // SAFETY: the loader's restore blob region: nothing of the program lives there.
+    if from_loader && info.0[2] != 0 && info.0[3] != 0 {
+        // The other threads run their last blob steps (and rt_sigreturn from frames in the
+        // blob region) concurrently: wait until all are out before unmapping it.
+        let others = cap.n_threads.saturating_sub(1) as u32;
+        let deadline = sys::monotonic_ns() + 10_000_000_000;
+        loop {
+            let r = QUIESCE.resumed.load(Ordering::SeqCst);
+            if r >= others || sys::monotonic_ns() > deadline {
+                break;
+            }
+            sys::futex_wait(&QUIESCE.resumed, r, 10_000_000);
+        }
+        // SAFETY: what is left of the loader's reservation: nothing of the program lives there.
         let _ = unsafe { sys::munmap(info.0[2] as usize, info.0[3] as usize) };
     }
-    // SAFETY: as above, only this thread runs here.
+    // SAFETY: as above, only this thread writes it.
     unsafe { core::ptr::write_volatile(RESTORE_INFO.get(), crate::state::RestoreInfo([0; 4])) };
     if let Some(rt) = RUNTIME.get() {
         if let Some(ns) = rt.config.interval_ns {
@@ -224,16 +454,15 @@ fn after_restore(trigger: Trigger) {
         .u64(cap.seq)
         .str(" of pid ")
         .i64(cap.pid as i64);
-    l.str(" (generation ").u64(generation).str(")");
+    l.str(" (generation ")
+        .u64(generation)
+        .str(", ")
+        .u64(cap.n_threads as u64)
+        .str(" threads)");
     report::log(LogLevel::Info, l.as_bytes());
 }
 
-fn choose_output_path(
-    cap: &mut crate::state::Capture,
-    rt: &crate::state::Runtime,
-    pid: i32,
-    id: u64,
-) {
+fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
     cap.out_path.clear();
     if id != 0 {
         // `forkpoint checkpoint --output` leaves the path in request.<id>.
@@ -275,11 +504,11 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 }
 
 /// Saves what only this thread can read (the writer child gets none of it from the kernel).
-fn capture_thread(cap: &mut crate::state::Capture, rt: &crate::state::Runtime, uctx: *mut c_void) {
-    cap.fs_base = sys::arch_get_fs();
-    cap.sigmask = sys::sigmask_get();
+fn capture_thread(t: &mut ThreadCapture, rt: &Runtime, uctx: *mut c_void) {
+    t.fs_base = sys::arch_get_fs();
+    t.sigmask = sys::sigmask_get();
     let ss = sys::sigaltstack_get();
-    cap.altstack = (ss.ss_sp as u64, ss.ss_flags, ss.ss_size as u64);
+    t.altstack = (ss.ss_sp as u64, ss.ss_flags, ss.ss_size as u64);
     let mut tid_addr: u64 = 0;
     let _ = sys::prctl(
         libc::PR_GET_TID_ADDRESS,
@@ -288,21 +517,21 @@ fn capture_thread(cap: &mut crate::state::Capture, rt: &crate::state::Runtime, u
         0,
         0,
     );
-    cap.tid_address = tid_addr;
-    cap.robust_list = sys::get_robust_list();
-    let _ = sys::prctl(libc::PR_GET_NAME, cap.name.as_mut_ptr() as usize, 0, 0, 0);
-    cap.rseq = if rt.rseq_size > 0 {
+    t.tid_address = tid_addr;
+    t.robust_list = sys::get_robust_list();
+    let _ = sys::prctl(libc::PR_GET_NAME, t.name.as_mut_ptr() as usize, 0, 0, 0);
+    t.rseq = if rt.rseq_size > 0 {
         let len = (rt.rseq_size.max(32) + 31) & !31;
         Some((
-            cap.fs_base.wrapping_add(rt.rseq_offset as u64),
+            t.fs_base.wrapping_add(rt.rseq_offset as u64),
             len,
             0x5305_3053,
         ))
     } else {
         None
     };
-    cap.xstate_bv = 0;
-    cap.xsave_size = 0;
+    t.xstate_bv = 0;
+    t.xsave_size = 0;
     if !uctx.is_null() {
         // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler; fpregs points
         // at the frame's fxsave/xsave area or is NULL.
@@ -313,8 +542,8 @@ fn capture_thread(cap: &mut crate::state::Capture, rt: &crate::state::Runtime, u
             unsafe {
                 let magic1 = core::ptr::read_unaligned(fp.add(464) as *const u32);
                 if magic1 == 0x4650_5853 {
-                    cap.xsave_size = core::ptr::read_unaligned(fp.add(468) as *const u32);
-                    cap.xstate_bv = core::ptr::read_unaligned(fp.add(512) as *const u64);
+                    t.xsave_size = core::ptr::read_unaligned(fp.add(468) as *const u32);
+                    t.xstate_bv = core::ptr::read_unaligned(fp.add(512) as *const u64);
                 }
             }
         }
@@ -323,7 +552,7 @@ fn capture_thread(cap: &mut crate::state::Capture, rt: &crate::state::Runtime, u
 
 /// File offsets: the open file descriptions are shared with the child, and the parent moves
 /// them as soon as it runs on.
-fn capture_fd_offsets(cap: &mut crate::state::Capture) {
+fn capture_fd_offsets(cap: &mut Capture) {
     cap.n_fds = 0;
     cap.fds_truncated = false;
     let Ok(dir) = sys::open(
@@ -333,6 +562,23 @@ fn capture_fd_offsets(cap: &mut crate::state::Capture) {
     ) else {
         return;
     };
+    for_each_dirent_number(dir, |fd| {
+        if fd == dir {
+            return;
+        }
+        if cap.n_fds < MAX_FDS {
+            let pos = sys::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(-1);
+            cap.fd_offsets[cap.n_fds] = (fd, pos);
+            cap.n_fds += 1;
+        } else {
+            cap.fds_truncated = true;
+        }
+    });
+    sys::close(dir);
+}
+
+/// Calls `f` with each numeric entry of the open directory `dir`.
+fn for_each_dirent_number(dir: i32, mut f: impl FnMut(i32)) {
     let mut buf = [0u8; 4096];
     loop {
         let n = match sys::getdents64(dir, &mut buf) {
@@ -345,25 +591,26 @@ fn capture_fd_offsets(cap: &mut crate::state::Capture) {
             if reclen == 0 {
                 break;
             }
-            let name = &buf[off + 19..(off + reclen).min(n)];
-            if let Some(fd) = parse_fd_name(name) {
-                if fd != dir {
-                    if cap.n_fds < MAX_FDS {
-                        let pos = sys::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(-1);
-                        cap.fd_offsets[cap.n_fds] = (fd, pos);
-                        cap.n_fds += 1;
-                    } else {
-                        cap.fds_truncated = true;
-                    }
-                }
+            if let Some(v) = parse_number(&buf[off + 19..(off + reclen).min(n)]) {
+                f(v);
             }
             off += reclen;
         }
     }
-    sys::close(dir);
 }
 
-fn parse_fd_name(name: &[u8]) -> Option<i32> {
+fn for_each_task(f: impl FnMut(i32)) {
+    if let Ok(dir) = sys::open(
+        b"/proc/self/task\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    ) {
+        for_each_dirent_number(dir, f);
+        sys::close(dir);
+    }
+}
+
+fn parse_number(name: &[u8]) -> Option<i32> {
     let mut v: i32 = 0;
     let mut any = false;
     for &c in name {
@@ -379,46 +626,15 @@ fn parse_fd_name(name: &[u8]) -> Option<i32> {
     any.then_some(v)
 }
 
-fn count_threads() -> usize {
-    let Ok(dir) = sys::open(
-        b"/proc/self/task\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    ) else {
-        return 1;
-    };
-    let mut buf = [0u8; 4096];
-    let mut count = 0;
-    loop {
-        let n = match sys::getdents64(dir, &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let mut off = 0;
-        while off + 19 < n {
-            let reclen = u16::from_le_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if reclen == 0 {
-                break;
-            }
-            if parse_fd_name(&buf[off + 19..(off + reclen).min(n)]).is_some() {
-                count += 1;
-            }
-            off += reclen;
-        }
-    }
-    sys::close(dir);
-    count.max(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn fd_names() {
-        assert_eq!(parse_fd_name(b"12\0\0"), Some(12));
-        assert_eq!(parse_fd_name(b".\0"), None);
-        assert_eq!(parse_fd_name(b"\0"), None);
+    fn dirent_names() {
+        assert_eq!(parse_number(b"12\0\0"), Some(12));
+        assert_eq!(parse_number(b".\0"), None);
+        assert_eq!(parse_number(b"\0"), None);
         assert_eq!(trim_newline(b"/a/b\n\0"), b"/a/b");
     }
 }

@@ -25,7 +25,11 @@ pub struct Config {
     pub log: LogLevel,
     /// Nice value for the writer, if set.
     pub writer_nice: Option<i32>,
+    /// How long the leader waits for every thread to stop before giving up.
+    pub quiesce_timeout_ns: u64,
 }
+
+pub const DEFAULT_QUIESCE_TIMEOUT_NS: u64 = 2_000_000_000;
 
 const SIGNAL_NAMES: &[(&str, i32)] = &[
     ("HUP", 1),
@@ -177,6 +181,12 @@ impl Config {
             ),
             _ => None,
         };
+        let quiesce_timeout_ns = match get("FORKPOINT_QUIESCE_TIMEOUT") {
+            Some(s) if !s.is_empty() => {
+                parse_duration_ns(&s).map_err(|e| format!("FORKPOINT_QUIESCE_TIMEOUT: {e}"))?
+            }
+            _ => DEFAULT_QUIESCE_TIMEOUT_NS,
+        };
         Ok(Config {
             signal,
             interval_ns,
@@ -185,6 +195,7 @@ impl Config {
             zstd_level,
             log,
             writer_nice,
+            quiesce_timeout_ns,
         })
     }
 }

@@ -48,13 +48,54 @@ global_asm!(
     ".popsection",
 );
 
+// fp_save_context(regs: *mut ResumeRegs) -> u64
+//
+// setjmp without the signal mask: stores the callee-saved registers, the caller's rsp after
+// the return and the return address itself (the caller goes on using its stack, so the slot
+// holding the return address is soon overwritten), returns 0. A restored thread resumes at
+// the return address with rax = RESUME_RESTORED, as if this call had returned that.
+global_asm!(
+    ".pushsection .text.fp_save_context,\"ax\",@progbits",
+    ".globl fp_save_context",
+    ".hidden fp_save_context",
+    ".type fp_save_context,@function",
+    "fp_save_context:",
+    "    mov [rdi + 0], rbx",
+    "    mov [rdi + 8], rbp",
+    "    mov [rdi + 16], r12",
+    "    mov [rdi + 24], r13",
+    "    mov [rdi + 32], r14",
+    "    mov [rdi + 40], r15",
+    "    lea rax, [rsp + 8]",
+    "    mov [rdi + 48], rax",
+    "    mov rax, [rsp]",
+    "    mov [rdi + 56], rax",
+    "    xor eax, eax",
+    "    ret",
+    ".size fp_save_context, .-fp_save_context",
+    ".popsection",
+);
+
 extern "C" {
+    fn fp_save_context(regs: *mut ResumeRegs) -> u64;
     fn fp_fork(
         regs: *mut ResumeRegs,
         clone_flags: u64,
         child_sp: u64,
         child_fn: extern "C" fn() -> !,
     ) -> i64;
+}
+
+/// Saves the registers a restored thread resumes with. Returns false now, and true when the
+/// thread resumes in a restored process.
+///
+/// # Safety
+/// `regs` must be valid for writes; the caller's frame must stay as it is until the
+/// checkpoint that uses these registers has forked.
+#[inline(never)]
+pub unsafe fn save_resume_point(regs: *mut ResumeRegs) -> bool {
+    // SAFETY: the caller's contract; fp_save_context follows the C ABI.
+    unsafe { fp_save_context(regs) == forkpoint_image::RESUME_RESTORED }
 }
 
 /// What the fork point returned.

@@ -4,7 +4,7 @@
 //! writer child reads a copy-on-write snapshot of [`CAPTURE`] taken at the fork.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64};
 use std::sync::OnceLock;
 
 use forkpoint_image::ResumeRegs;
@@ -51,13 +51,11 @@ impl Trigger {
     }
 }
 
-/// What the handler captures before the fork: what only this thread can read, or what the
-/// parent will change after the fork (file offsets are shared with the child).
+/// What one thread saves in its handler: what only it can read.
 #[repr(C)]
-pub struct Capture {
-    pub regs: ResumeRegs,
-    pub pid: i32,
+pub struct ThreadCapture {
     pub tid: i32,
+    pub regs: ResumeRegs,
     pub name: [u8; 16],
     pub fs_base: u64,
     pub sigmask: u64,
@@ -67,6 +65,49 @@ pub struct Capture {
     pub rseq: Option<(u64, u32, u32)>,
     pub xstate_bv: u64,
     pub xsave_size: u32,
+}
+
+impl ThreadCapture {
+    pub const EMPTY: ThreadCapture = ThreadCapture {
+        tid: 0,
+        regs: ResumeRegs {
+            rbx: 0,
+            rbp: 0,
+            r12: 0,
+            r13: 0,
+            r14: 0,
+            r15: 0,
+            rsp: 0,
+            rip: 0,
+        },
+        name: [0; 16],
+        fs_base: 0,
+        sigmask: 0,
+        altstack: (0, 0, 0),
+        tid_address: 0,
+        robust_list: (0, 0),
+        rseq: None,
+        xstate_bv: 0,
+        xsave_size: 0,
+    };
+}
+
+/// Most threads a checkpoint stops.
+pub const MAX_THREADS: usize = 1024;
+
+/// Slot 0 is the leader (the thread that took the request); the others are filled by the
+/// quiesced threads themselves, each in its own slot, between the leader's signal and the
+/// release.
+pub static THREADS: Global<[ThreadCapture; MAX_THREADS]> =
+    Global::new([ThreadCapture::EMPTY; MAX_THREADS]);
+
+/// What the leader captures before the fork besides the threads: what the parent will change
+/// after the fork (file offsets are shared with the child) and where the result goes.
+#[repr(C)]
+pub struct Capture {
+    pub pid: i32,
+    /// Threads in THREADS[..n_threads].
+    pub n_threads: usize,
     pub trigger: Trigger,
     pub request_id: u64,
     pub seq: u64,
@@ -83,27 +124,8 @@ pub struct Capture {
 }
 
 pub static CAPTURE: Global<Capture> = Global::new(Capture {
-    regs: ResumeRegs {
-        rbx: 0,
-        rbp: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
-        rsp: 0,
-        rip: 0,
-    },
     pid: 0,
-    tid: 0,
-    name: [0; 16],
-    fs_base: 0,
-    sigmask: 0,
-    altstack: (0, 0, 0),
-    tid_address: 0,
-    robust_list: (0, 0),
-    rseq: None,
-    xstate_bv: 0,
-    xsave_size: 0,
+    n_threads: 0,
     trigger: Trigger::Signal,
     request_id: 0,
     seq: 0,
@@ -116,6 +138,31 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     out_path: FixBuf::new(),
     report_path: FixBuf::new(),
 });
+
+/// The quiesce rendezvous. `arrived` and `release` are futex words.
+pub struct Quiesce {
+    /// Set by the leader while it stops the other threads.
+    pub active: AtomicBool,
+    pub leader_tid: AtomicI32,
+    /// Threads that saved their state and wait.
+    pub arrived: AtomicU32,
+    /// Threads that resumed in a restored process (the leader waits for all before it
+    /// unmaps the restore blob).
+    pub resumed: AtomicU32,
+    /// Number of the current quiesce.
+    pub epoch: AtomicU32,
+    /// Set to `epoch` when the leader lets the threads go.
+    pub release: AtomicU32,
+}
+
+pub static QUIESCE: Quiesce = Quiesce {
+    active: AtomicBool::new(false),
+    leader_tid: AtomicI32::new(0),
+    arrived: AtomicU32::new(0),
+    resumed: AtomicU32::new(0),
+    epoch: AtomicU32::new(0),
+    release: AtomicU32::new(0),
+};
 
 /// Set while a thread is inside the checkpoint path.
 pub static CHECKPOINT_BUSY: AtomicBool = AtomicBool::new(false);

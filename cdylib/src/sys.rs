@@ -426,3 +426,44 @@ pub fn timer_settime_interval(id: i32, interval_ns: u64) -> SysResult {
         )
     }
 }
+
+/// Waits while `*word == val`, at most `timeout_ns` (0: no limit). Returns on wake, timeout,
+/// signal or value change; callers re-check their condition.
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as i64,
+        tv_nsec: (timeout_ns % 1_000_000_000) as i64,
+    };
+    let tsp = if timeout_ns == 0 {
+        0
+    } else {
+        &ts as *const libc::timespec as usize
+    };
+    // SAFETY: word is a valid aligned u32; FUTEX_WAIT_PRIVATE reads it.
+    let _ = unsafe {
+        sc!(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            tsp,
+            0,
+            0
+        )
+    };
+}
+
+pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: word is a valid aligned u32.
+    let _ = unsafe {
+        sc!(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+            0,
+            0,
+            0
+        )
+    };
+}

@@ -16,7 +16,7 @@ use crate::config::LogLevel;
 use crate::fixbuf::FixBuf;
 use crate::procfs::{self, Plan};
 use crate::report;
-use crate::state::{Capture, CAPTURE, RESTORE_INFO, RUNTIME};
+use crate::state::{Capture, ThreadCapture, CAPTURE, RESTORE_INFO, RUNTIME, THREADS};
 use crate::sys;
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -362,13 +362,42 @@ fn is_zero_page(p: &[u8]) -> bool {
 }
 
 /// Ranges of this library's own mutable state, which the writer keeps using: never dropped.
-fn own_addresses(cap: &Capture) -> [u64; 4] {
+fn own_addresses(threads: &[ThreadCapture]) -> [u64; 5] {
     [
         CAPTURE.get() as u64,
+        THREADS.get() as u64,
         RESTORE_INFO.get() as u64,
         &crate::state::WRITER_PID as *const _ as u64,
-        cap.fs_base,
+        // The writer runs on the leader's TLS.
+        threads.first().map_or(0, |t| t.fs_base),
     ]
+}
+
+fn thread_state(t: &ThreadCapture) -> ThreadState {
+    let name_len = t.name.iter().position(|&c| c == 0).unwrap_or(16);
+    ThreadState {
+        tid: t.tid,
+        name: String::from_utf8_lossy(&t.name[..name_len]).into_owned(),
+        regs: t.regs,
+        fs_base: t.fs_base,
+        sigmask: t.sigmask,
+        sigaltstack: AltStack {
+            sp: t.altstack.0,
+            flags: t.altstack.1,
+            size: t.altstack.2,
+        },
+        tid_address: t.tid_address,
+        robust_list: t.robust_list.0,
+        robust_list_len: t.robust_list.1,
+        rseq: t.rseq.map(|(addr, len, sig)| Rseq { addr, len, sig }),
+    }
+}
+
+/// The stopped threads, leader first.
+fn threads(cap: &Capture) -> &'static [ThreadCapture] {
+    // SAFETY: the writer has one thread; the slots are a snapshot nobody writes any more.
+    let all = unsafe { &*THREADS.get() };
+    &all[..cap.n_threads.min(all.len())]
 }
 
 fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Done, String> {
@@ -442,7 +471,7 @@ fn write_body(
         .map_err(|e| os_err("cannot open", b"/proc/self/pagemap", e))?;
     let selfmem = sys::open(b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| os_err("cannot open", b"/proc/self/mem", e))?;
-    let own = own_addresses(cap);
+    let own = own_addresses(threads(cap));
     let mut chunker = Chunker::new(rt.config.zstd_level)?;
     let mut pm = vec![0u64; PAGEMAP_BATCH];
     let mut page_buf = vec![0u8; PAGE];
@@ -732,23 +761,7 @@ fn describe_process(cap: &Capture, meta: &mut Metadata) {
             .collect(),
     };
 
-    let name_len = cap.name.iter().position(|&c| c == 0).unwrap_or(16);
-    meta.threads = vec![ThreadState {
-        tid: cap.tid,
-        name: String::from_utf8_lossy(&cap.name[..name_len]).into_owned(),
-        regs: cap.regs,
-        fs_base: cap.fs_base,
-        sigmask: cap.sigmask,
-        sigaltstack: AltStack {
-            sp: cap.altstack.0,
-            flags: cap.altstack.1,
-            size: cap.altstack.2,
-        },
-        tid_address: cap.tid_address,
-        robust_list: cap.robust_list.0,
-        robust_list_len: cap.robust_list.1,
-        rseq: cap.rseq.map(|(addr, len, sig)| Rseq { addr, len, sig }),
-    }];
+    meta.threads = threads(cap).iter().map(thread_state).collect();
 
     meta.cpu = cpu_info(cap);
 
@@ -890,8 +903,8 @@ fn cpu_info(cap: &Capture) -> CpuInfo {
         cpuid_7_ecx: l7.ecx,
         cpuid_7_edx: l7.edx,
         xcr0,
-        xsave_required: cap.xstate_bv,
-        xsave_frame_size: cap.xsave_size,
+        xsave_required: threads(cap).iter().fold(0, |a, t| a | t.xstate_bv),
+        xsave_frame_size: threads(cap).iter().map(|t| t.xsave_size).max().unwrap_or(0),
     }
 }
 

@@ -11,6 +11,8 @@ use core::arch::global_asm;
 pub const MAY_FAIL: u64 = 1;
 /// Flag: load `rsp` from the step before the syscall (the final `rt_sigreturn`).
 pub const SET_RSP: u64 = 2;
+/// Flag: a `clone` step; the new thread goes on with the program whose address is in `rsp`.
+pub const CLONE: u64 = 4;
 
 /// One step: 11 words, as the blob reads them.
 #[repr(C)]
@@ -55,6 +57,15 @@ global_asm!(
     "    syscall",
     "    cmp rax, -4095",
     "    jae 3f",
+    "    test qword ptr [r14 + 56], 4",
+    "    jz 4f",
+    "    test rax, rax",
+    "    jnz 4f",
+    "    mov r12, [r14 + 80]",
+    "    mov r13, [r12]",
+    "    lea r14, [r12 + 16]",
+    "    xor r15d, r15d",
+    "    jmp 1b",
     "4:",
     "    add r14, 88",
     "    inc r15",

@@ -62,7 +62,6 @@ pub fn restore(
         meta.chunks.len(),
         meta.fds.len()
     ));
-    verify::check_threads(meta)?;
     verify::check_cpu(meta, verify::current_cpu())?;
     verify::check_files(meta)?;
     let own_maps = plan::parse_maps(
@@ -119,7 +118,7 @@ pub fn restore(
     let data_at = layout.blob_start + PAGE_SIZE;
     let data = plan::build_program(&inputs, data_at).map_err(RestoreError)?;
     let stack_top = layout.blob_start + layout.blob_len;
-    if data_at + data.bytes.len() as u64 > stack_top - plan::BLOB_STACK_LEN {
+    if data_at + data.bytes.len() as u64 > layout.thread_stacks {
         return Err(RestoreError(
             "internal error: the restore program does not fit its region".into(),
         ));

@@ -4,7 +4,7 @@
 
 use forkpoint_image::{Mapping, MappingKind, Metadata, ThreadState, PAGE_SIZE, RESUME_RESTORED};
 
-use crate::blob::{Op, MAY_FAIL, OP_WORDS, SET_RSP};
+use crate::blob::{Op, CLONE, MAY_FAIL, OP_WORDS, SET_RSP};
 
 /// Lowest address the planner uses for its reservation (above the classic non-PIE area).
 const SEARCH_FROM: u64 = 0x1_0000_0000;
@@ -13,6 +13,8 @@ const SEARCH_TO: u64 = 0x7fff_0000_0000;
 /// Code page + data + stack of the blob.
 const BLOB_CODE_LEN: u64 = PAGE_SIZE;
 pub const BLOB_STACK_LEN: u64 = 64 * 1024;
+/// Stack of each cloned thread while it runs its few steps.
+pub const THREAD_STACK_LEN: u64 = 16 * 1024;
 /// Extra room below a restored main stack so it can keep growing (it comes back as a
 /// plain mapping, which the kernel does not grow on its own).
 const STACK_HEADROOM: u64 = 8 << 20;
@@ -59,9 +61,11 @@ pub struct Layout {
     pub staged: Vec<Staged>,
     /// Scratch room for moving the vdso when its old and new places overlap.
     pub vdso_scratch: u64,
-    /// Blob: code page, then data, then stack (all inside the reservation).
+    /// Blob: code page, data, the other threads' stacks, then the main stack (all inside
+    /// the reservation).
     pub blob_start: u64,
     pub blob_len: u64,
+    pub thread_stacks: u64,
 }
 
 /// The special mappings moved (not staged): vvar, vvar_vclock, vdso, in address order.
@@ -176,7 +180,8 @@ pub fn plan_layout(meta: &Metadata, loader: &[Area], data_len: u64) -> Result<La
         .map(|m| m.end - m.start)
         .sum();
     let data_len = (data_len + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
-    let blob_len = BLOB_CODE_LEN + data_len + BLOB_STACK_LEN;
+    let thread_stacks_len = THREAD_STACK_LEN * meta.threads.len().saturating_sub(1) as u64;
+    let blob_len = BLOB_CODE_LEN + data_len + thread_stacks_len + BLOB_STACK_LEN;
     let total = staged_total + vdso_len + blob_len;
     let mut busy: Vec<(u64, u64)> = loader.iter().map(|a| (a.start, a.end)).collect();
     busy.extend(meta.mappings.iter().map(|m| (m.start, m.end)));
@@ -196,6 +201,7 @@ pub fn plan_layout(meta: &Metadata, loader: &[Area], data_len: u64) -> Result<La
         vdso_scratch,
         blob_start: at,
         blob_len,
+        thread_stacks: at + BLOB_CODE_LEN + data_len,
     };
     debug_assert!(layout
         .staged
@@ -235,6 +241,8 @@ const SYS_SET_TID_ADDRESS: u64 = 218;
 const SYS_SET_ROBUST_LIST: u64 = 273;
 const SYS_RSEQ: u64 = 334;
 const SYS_CLOSE: u64 = 3;
+const SYS_CLONE: u64 = 56;
+const PR_SET_NAME: u64 = 15;
 /// Size of the kernel's `struct ucontext` on x86-64.
 pub const UCONTEXT_LEN: usize = 304;
 
@@ -295,18 +303,13 @@ fn libc_ss_disable() -> i32 {
     2 // SS_DISABLE; SS_ONSTACK (1) is not a settable flag
 }
 
-/// Builds the blob's data area for a region at `base`.
-pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, String> {
-    let meta = inp.meta;
-    let layout = inp.layout;
-    let thread = meta.threads.first().ok_or("the image has no thread")?;
-    let mut d = DataBuilder {
-        bytes: Vec::new(),
-        base,
-    };
-    let mut ops: Vec<(Op, String)> = Vec::new();
-    let mut op = |nr: u64, args: [u64; 6], flags: u64, what: String| {
-        ops.push((
+/// Steps of one program, with the words of each failure message.
+#[derive(Default)]
+struct Steps(Vec<(Op, String)>);
+
+impl Steps {
+    fn add(&mut self, nr: u64, args: [u64; 6], flags: u64, what: String) {
+        self.0.push((
             Op {
                 nr,
                 args,
@@ -315,7 +318,91 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
             },
             what,
         ));
+    }
+
+    fn add_op(&mut self, op: Op, what: String) {
+        self.0.push((op, what));
+    }
+
+    /// Lays the program out in `d` (messages, then the words the blob reads); returns its
+    /// address. `who` names the thread in messages.
+    fn emit(self, d: &mut DataBuilder, err_fd: i32, who: &str, names: &mut Vec<String>) -> u64 {
+        let n = self.0.len();
+        let mut msgs = Vec::with_capacity(n);
+        for (i, (_, what)) in self.0.iter().enumerate() {
+            let text = format!(
+                "forkpoint restart: {who} step {} of {n} ({what}) failed: errno ",
+                i + 1
+            );
+            let at = d.put(text.as_bytes(), 1);
+            msgs.push((at, text.len() as u64));
+            names.push(format!("{who}: {what}"));
+        }
+        let mut prog = vec![n as u64, err_fd as u64];
+        for ((o, _), (mp, ml)) in self.0.iter().zip(&msgs) {
+            prog.push(o.nr);
+            prog.extend_from_slice(&o.args);
+            prog.extend_from_slice(&[o.flags, *mp, *ml, o.rsp]);
+        }
+        debug_assert_eq!(prog.len(), 2 + n * OP_WORDS);
+        d.put(&words(&prog), 16)
+    }
+}
+
+/// Per-thread kernel state that lives outside memory, then the thread's resume.
+fn thread_tail(steps: &mut Steps, d: &mut DataBuilder, t: &ThreadState) {
+    if t.robust_list != 0 {
+        steps.add(
+            SYS_SET_ROBUST_LIST,
+            [t.robust_list, t.robust_list_len.max(24), 0, 0, 0, 0],
+            MAY_FAIL,
+            "set_robust_list".into(),
+        );
+    }
+    if let Some(r) = t.rseq {
+        steps.add(
+            SYS_RSEQ,
+            [r.addr, r.len as u64, 0, r.sig as u64, 0, 0],
+            MAY_FAIL,
+            format!("rseq registration at {:#x}", r.addr),
+        );
+    }
+    let mut name = t.name.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    let name_at = d.put(&name, 1);
+    steps.add(
+        SYS_PRCTL,
+        [PR_SET_NAME, name_at, 0, 0, 0, 0],
+        MAY_FAIL,
+        "prctl(PR_SET_NAME)".into(),
+    );
+}
+
+/// Which saved thread the loader's own thread becomes: the original main thread (tid ==
+/// pid) when it was captured, else the first.
+pub fn main_thread_index(meta: &Metadata) -> usize {
+    meta.threads
+        .iter()
+        .position(|t| t.tid == meta.process.pid)
+        .unwrap_or(0)
+}
+
+/// Builds the blob's data area for a region whose data starts at `base`.
+pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, String> {
+    let meta = inp.meta;
+    let layout = inp.layout;
+    if meta.threads.is_empty() {
+        return Err("the image has no thread".into());
+    }
+    let main = main_thread_index(meta);
+    let thread = &meta.threads[main];
+    let mut d = DataBuilder {
+        bytes: Vec::new(),
+        base,
     };
+    let mut names = Vec::new();
+    let mut steps = Steps::default();
 
     // 1. Unmap everything of the loader but the reservation and the vdso/vvar pages.
     let mut keep: Vec<(u64, u64)> = vec![layout.reservation];
@@ -324,7 +411,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
     let mut from = 0u64;
     for &(s, e) in &keep {
         if s > from {
-            op(
+            steps.add(
                 SYS_MUNMAP,
                 [from, s - from, 0, 0, 0, 0],
                 0,
@@ -335,7 +422,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
     }
     let user_end = 0x7fff_ffff_f000u64;
     if from < user_end {
-        op(
+        steps.add(
             SYS_MUNMAP,
             [from, user_end - from, 0, 0, 0, 0],
             0,
@@ -355,7 +442,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
                 let mut src = a.start;
                 if via_scratch {
                     let scratch = layout.vdso_scratch + (a.start - cur.0);
-                    op(
+                    steps.add(
                         SYS_MREMAP,
                         [src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, scratch, 0],
                         0,
@@ -363,7 +450,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
                     );
                     src = scratch;
                 }
-                op(
+                steps.add(
                     SYS_MREMAP,
                     [src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, *target, 0],
                     0,
@@ -376,7 +463,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
     // 3. Every staged region onto its target: a page-table move, no copy.
     for s in &layout.staged {
         let len = s.target_end - s.target_start;
-        op(
+        steps.add(
             SYS_MREMAP,
             [
                 s.staged_at,
@@ -415,7 +502,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
     map.extend_from_slice(&(auxv_bytes.len() as u32).to_le_bytes());
     map.extend_from_slice(&(-1i32).to_le_bytes()); // exe_fd: keep
     let map_at = d.put(&map, 8);
-    op(
+    steps.add(
         SYS_PRCTL,
         [PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64, 0, 0],
         MAY_FAIL,
@@ -423,53 +510,72 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
             .into(),
     );
 
-    // 5. Per-thread kernel state that lives outside memory.
-    if thread.robust_list != 0 {
-        op(
-            SYS_SET_ROBUST_LIST,
-            [
-                thread.robust_list,
-                thread.robust_list_len.max(24),
-                0,
-                0,
-                0,
-                0,
-            ],
-            MAY_FAIL,
-            "set_robust_list".into(),
+    // 5. The other threads: each a clone that sets its TLS and tid address, then runs its own
+    //    small program ending in rt_sigreturn on its frame.
+    let clone_flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS
+        | libc::CLONE_CHILD_SETTID
+        | libc::CLONE_CHILD_CLEARTID) as u64;
+    let mut stack_k = 0u64;
+    for (i, t) in meta.threads.iter().enumerate() {
+        if i == main {
+            continue;
+        }
+        let who = format!("thread {} ({})", t.tid, t.name);
+        let mut child = Steps::default();
+        thread_tail(&mut child, &mut d, t);
+        let frame_at = d.put(&build_frame(t), 64);
+        child.add_op(
+            Op {
+                nr: SYS_RT_SIGRETURN,
+                flags: SET_RSP,
+                rsp: frame_at,
+                ..Op::default()
+            },
+            "rt_sigreturn".into(),
+        );
+        let child_at = child.emit(&mut d, inp.err_fd, &who, &mut names);
+        let stack_top = layout.thread_stacks + (stack_k + 1) * THREAD_STACK_LEN;
+        stack_k += 1;
+        steps.add_op(
+            Op {
+                nr: SYS_CLONE,
+                args: [clone_flags, stack_top, 0, t.tid_address, t.fs_base, 0],
+                flags: CLONE,
+                rsp: child_at,
+                ..Op::default()
+            },
+            format!("clone of {who}"),
         );
     }
-    op(
+
+    // 6. This thread: its own kernel state, then resume.
+    steps.add(
         SYS_SET_TID_ADDRESS,
         [thread.tid_address, 0, 0, 0, 0, 0],
         0,
         "set_tid_address".into(),
     );
-    if let Some(r) = thread.rseq {
-        op(
-            SYS_RSEQ,
-            [r.addr, r.len as u64, 0, r.sig as u64, 0, 0],
-            MAY_FAIL,
-            format!("rseq registration at {:#x}", r.addr),
-        );
-    }
-    op(
+    steps.add(
         SYS_ARCH_PRCTL,
         [ARCH_SET_FS, thread.fs_base, 0, 0, 0, 0],
         0,
         "arch_prctl(ARCH_SET_FS)".into(),
     );
-    op(
+    thread_tail(&mut steps, &mut d, thread);
+    steps.add(
         SYS_CLOSE,
         [inp.err_fd as u64, 0, 0, 0, 0, 0],
         MAY_FAIL,
         "close of the loader's error descriptor".into(),
     );
-
-    // 6. Resume: rt_sigreturn on the frame.
-    let frame = build_frame(thread);
-    let frame_at = d.put(&frame, 64);
-    ops.push((
+    let frame_at = d.put(&build_frame(thread), 64);
+    steps.add_op(
         Op {
             nr: SYS_RT_SIGRETURN,
             flags: SET_RSP,
@@ -477,45 +583,21 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
             ..Op::default()
         },
         "rt_sigreturn".into(),
-    ));
-
-    // Messages, then the program itself.
-    let n = ops.len();
-    let mut steps = Vec::with_capacity(n);
-    let mut msgs = Vec::with_capacity(n);
-    for (i, (_, what)) in ops.iter().enumerate() {
-        let text = format!(
-            "forkpoint restart: step {} of {n} ({what}) failed: errno ",
-            i + 1
-        );
-        let at = d.put(text.as_bytes(), 1);
-        msgs.push((at, text.len() as u64));
-        steps.push(what.clone());
-    }
-    d.align(16);
-    let program_offset = d.bytes.len();
-    let mut prog = vec![n as u64, inp.err_fd as u64];
-    for ((o, _), (mp, ml)) in ops.iter().zip(&msgs) {
-        let mut o = *o;
-        o.msg_ptr = *mp;
-        o.msg_len = *ml;
-        prog.extend_from_slice(&[o.nr]);
-        prog.extend_from_slice(&o.args);
-        prog.extend_from_slice(&[o.flags, o.msg_ptr, o.msg_len, o.rsp]);
-    }
-    debug_assert_eq!(prog.len(), 2 + n * OP_WORDS);
-    d.put(&words(&prog), 16);
+    );
+    let who = format!("thread {} ({})", thread.tid, thread.name);
+    let program_at = steps.emit(&mut d, inp.err_fd, &who, &mut names);
     Ok(BlobData {
+        program_offset: (program_at - base) as usize,
         bytes: d.bytes,
-        program_offset,
-        steps,
+        steps: names,
     })
 }
 
 /// Upper bound on the data area `build_program` produces, to size the blob region first.
 pub fn data_len_bound(meta: &Metadata) -> u64 {
-    let n_ops = meta.mappings.len() as u64 * 2 + 32;
-    n_ops * (OP_WORDS as u64 * 8 + 200) + meta.mm.auxv.len() as u64 * 8 + 4096
+    let n_ops = meta.mappings.len() as u64 * 2 + 32 + meta.threads.len() as u64 * 6;
+    let frames = meta.threads.len() as u64 * (UCONTEXT_LEN as u64 + 64 + 32);
+    n_ops * (OP_WORDS as u64 * 8 + 300) + frames + meta.mm.auxv.len() as u64 * 8 + 4096
 }
 
 #[cfg(test)]

@@ -186,16 +186,6 @@ pub fn check_vdso(meta: &Metadata, loader: &[Area]) -> Result<(), RestoreError> 
     Ok(())
 }
 
-pub fn check_threads(meta: &Metadata) -> Result<(), RestoreError> {
-    if meta.threads.len() != 1 {
-        return Err(RestoreError(format!(
-            "the image has {} threads; this version restores single-threaded programs",
-            meta.threads.len()
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
