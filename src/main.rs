@@ -1,1 +1,206 @@
-fn main() {}
+//! `forkpoint`: run a program with the checkpoint library preloaded, ask it for a
+//! checkpoint, restart it from an image, and show what an image holds.
+
+mod checkpoint;
+mod control;
+mod info;
+mod parse;
+mod run;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Forked checkpoint/restart for unmodified Linux x86-64 programs.
+#[derive(Parser, Debug)]
+#[command(name = "forkpoint", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a program with libforkpoint.so preloaded (the program gets this command's PID).
+    Run {
+        /// Directory for the images (default: the working directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Also checkpoint periodically, e.g. 30s, 500ms, 2m.
+        #[arg(long, value_name = "T", value_parser = parse::parse_duration)]
+        interval: Option<Duration>,
+        /// Signal that triggers a checkpoint (name or number; default SIGRTMAX-2).
+        #[arg(long, value_name = "SIG", value_parser = parse::parse_signal)]
+        signal: Option<i32>,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Checkpoint a running process; prints the image path once it is durable.
+    Checkpoint {
+        /// Image file to write (default: a name with program, pid and sequence number in the
+        /// process's image directory).
+        #[arg(long, short, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Give up after this long.
+        #[arg(long, value_name = "T", default_value = "120s", value_parser = parse::parse_duration)]
+        timeout: Duration,
+        /// Kill the process (SIGKILL) once the image is durable.
+        #[arg(long)]
+        kill: bool,
+        /// The process to checkpoint.
+        #[arg(value_name = "PID", allow_negative_numbers = true)]
+        pid: i32,
+    },
+    /// Restart a program from an image; this command's PID becomes the program's.
+    Restart {
+        /// Print each step of the restore and its timing to stderr.
+        #[arg(short, long)]
+        verbose: bool,
+        /// The image file.
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
+    },
+    /// Show what an image holds.
+    Info {
+        /// One JSON object (stable, see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+        /// Read and decompress every chunk and check every checksum.
+        #[arg(long)]
+        verify: bool,
+        /// The image file.
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
+    },
+}
+
+/// An error for the user: the message, and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    pub fn new(message: String) -> Self {
+        CliError { message, code: 1 }
+    }
+    pub fn usage(message: String) -> Self {
+        CliError { message, code: 2 }
+    }
+}
+
+/// `1.5 MiB`, `812 KiB`, `17 B`.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (name, result) = match cli.command {
+        Command::Run {
+            dir,
+            interval,
+            signal,
+            command,
+        } => (
+            "run",
+            run::run(&run::RunArgs {
+                dir,
+                interval,
+                signal,
+                command,
+            })
+            .map(|_| ()),
+        ),
+        Command::Checkpoint {
+            output,
+            timeout,
+            kill,
+            pid,
+        } => (
+            "checkpoint",
+            checkpoint::checkpoint(&checkpoint::CheckpointArgs {
+                pid,
+                output,
+                timeout,
+                kill,
+            })
+            .map(|path| println!("{path}")),
+        ),
+        Command::Restart { verbose, image } => {
+            let opts = forkpoint_restart_loader::RestoreOptions { verbose };
+            let err = match forkpoint_restart_loader::restore(&image, &opts) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            ("restart", Err(CliError::new(err.to_string())))
+        }
+        Command::Info {
+            json,
+            verify,
+            image,
+        } => ("info", info::info(&image, json, verify)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("forkpoint {name}: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_rest_verbatim() {
+        let cli = Cli::try_parse_from(["forkpoint", "run", "--", "ls", "-l", "--color"]).unwrap();
+        match cli.command {
+            Command::Run { command, .. } => assert_eq!(command, ["ls", "-l", "--color"]),
+            _ => panic!(),
+        }
+        let cli =
+            Cli::try_parse_from(["forkpoint", "run", "--interval", "2m", "prog", "-x"]).unwrap();
+        match cli.command {
+            Command::Run {
+                command, interval, ..
+            } => {
+                assert_eq!(command, ["prog", "-x"]);
+                assert_eq!(interval, Some(Duration::from_secs(120)));
+            }
+            _ => panic!(),
+        }
+        assert!(Cli::try_parse_from(["forkpoint", "run", "--signal", "KILL", "x"]).is_err());
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(fmt_bytes(17), "17 B");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -47,11 +47,10 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
         reap_writer(pid, true);
         return;
     }
-    // SAFETY: SI_TKILL carries the sender's pid.
-    if code == SI_TKILL
-        && QUIESCE.active.load(Ordering::SeqCst)
-        && unsafe { info.si_pid() } == sys::getpid()
-    {
+    // SAFETY: SI_TKILL siginfo carries the sender's pid (reading it for other codes only
+    // reads a plain integer of the union).
+    let sender = unsafe { info.si_pid() };
+    if code == SI_TKILL && QUIESCE.active.load(Ordering::SeqCst) && sender == sys::getpid() {
         let me = sys::gettid();
         if me != QUIESCE.leader_tid.load(Ordering::SeqCst) {
             stop_this_thread(me, uctx);
@@ -170,6 +169,14 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     report::ensure_runtime_dir(pid);
     report::runtime_file(&mut report_path, pid, "report", id);
 
+    if trigger == Trigger::Request && !request_pending(pid, id) {
+        // `forkpoint checkpoint` gave up (timeout) and withdrew the request: nobody waits.
+        let mut l = Line::new();
+        l.str("ignoring withdrawn checkpoint request ").u64(id);
+        report::log(LogLevel::Info, l.as_bytes());
+        CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+        return;
+    }
     let busy = WRITER_PID.load(Ordering::SeqCst);
     if busy != 0 && reap_writer(busy, true).is_none() {
         let mut msg = Line::new();
@@ -200,6 +207,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     cap.trigger = trigger;
     cap.request_id = id;
     cap.pid = pid;
+    cap.ppid = sys::getppid();
     cap.n_threads = n_threads;
     cap.seq = SEQ.load(Ordering::SeqCst) + 1;
     cap.generation = GENERATION.load(Ordering::SeqCst);
@@ -265,6 +273,8 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
 
 /// Sends the stop signal to every other thread (rescanning until no new thread appears) and
 /// waits until each has saved its state. Returns the number of threads, leader included.
+// The error is a fixed buffer on purpose: nothing here may allocate.
+#[allow(clippy::result_large_err)]
 fn stop_other_threads(rt: &Runtime, pid: i32, me: i32) -> Result<usize, Line> {
     // SAFETY: CHECKPOINT_BUSY is held; the stopped threads only write their own slots.
     let slots = unsafe { &mut *THREADS.get() };
@@ -460,6 +470,12 @@ fn after_restore(trigger: Trigger) {
         .u64(cap.n_threads as u64)
         .str(" threads)");
     report::log(LogLevel::Info, l.as_bytes());
+}
+
+fn request_pending(pid: i32, id: u64) -> bool {
+    let mut req = FixBuf::<4096>::new();
+    report::runtime_file(&mut req, pid, "request", id);
+    sys::stat(req.as_cstr()).is_ok()
 }
 
 fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {

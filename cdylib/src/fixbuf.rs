@@ -59,41 +59,14 @@ impl<const N: usize> FixBuf<N> {
         self.u64(v.unsigned_abs())
     }
 
-    pub fn hex(&mut self, mut v: u64) -> &mut Self {
-        let mut tmp = [0u8; 16];
-        let mut i = tmp.len();
-        loop {
-            i -= 1;
-            tmp[i] = b"0123456789abcdef"[(v & 15) as usize];
-            v >>= 4;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(b"0x").push(&tmp[i..])
-    }
-
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The contents followed by a NUL byte, for the kernel.
     pub fn as_cstr(&mut self) -> &[u8] {
         self.buf[self.len] = 0;
         &self.buf[..self.len + 1]
-    }
-
-    /// Truncates to `len` bytes (no-op if longer).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
     }
 }
 
@@ -104,10 +77,10 @@ mod tests {
     #[test]
     fn formats_numbers_and_cuts_overflow() {
         let mut b = FixBuf::<16>::new();
-        b.str("x=").u64(0).str(" ").i64(-42).str(" ").hex(255);
-        assert_eq!(b.as_bytes(), b"x=0 -42 0xff");
+        b.str("x=").u64(0).str(" ").i64(-42);
+        assert_eq!(b.as_bytes(), b"x=0 -42");
         b.str("0123456789");
-        assert_eq!(b.len(), 15);
+        assert_eq!(b.as_bytes().len(), 15);
         assert_eq!(b.as_cstr().last(), Some(&0));
     }
 }

@@ -106,6 +106,7 @@ pub static THREADS: Global<[ThreadCapture; MAX_THREADS]> =
 #[repr(C)]
 pub struct Capture {
     pub pid: i32,
+    pub ppid: i32,
     /// Threads in THREADS[..n_threads].
     pub n_threads: usize,
     pub trigger: Trigger,
@@ -125,6 +126,7 @@ pub struct Capture {
 
 pub static CAPTURE: Global<Capture> = Global::new(Capture {
     pid: 0,
+    ppid: 0,
     n_threads: 0,
     trigger: Trigger::Signal,
     request_id: 0,

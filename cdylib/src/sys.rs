@@ -62,7 +62,7 @@ fn cstr(path: &[u8]) -> *const u8 {
     if path.last() == Some(&0) {
         path.as_ptr()
     } else {
-        b"\0".as_ptr()
+        c"".as_ptr() as *const u8
     }
 }
 
@@ -221,6 +221,11 @@ pub unsafe fn madvise(addr: usize, len: usize, advice: i32) -> SysResult {
 pub fn getpid() -> i32 {
     // SAFETY: no memory effects.
     unsafe { sc!(libc::SYS_getpid) }.unwrap_or(0) as i32
+}
+
+pub fn getppid() -> i32 {
+    // SAFETY: no memory effects.
+    unsafe { sc!(libc::SYS_getppid) }.unwrap_or(0) as i32
 }
 
 pub fn gettid() -> i32 {

@@ -461,6 +461,8 @@ fn write_body(
     out.write(&header_page)?;
 
     let mut meta = Metadata::default();
+    // Before the memory walk: it drops pages (the main stack holds argv and environ).
+    describe_process(cap, &mut meta);
     let maps_text = read_proc_string(b"/proc/self/maps\0");
     let (arena_lo, arena_hi) = crate::arena::arena_range();
     let (stack_lo, stack_hi) = rt.child_stack;
@@ -654,7 +656,6 @@ fn write_body(
     meta.stats.zstd_level = rt.config.zstd_level;
     meta.chunks = core::mem::take(&mut chunker.chunks);
 
-    describe_process(cap, &mut meta);
     meta.stats.pause_ns = t_child.saturating_sub(cap.t_start_ns);
     meta.stats.write_ns = sys::monotonic_ns().saturating_sub(t_child);
 
@@ -711,9 +712,7 @@ fn describe_process(cap: &Capture, meta: &mut Metadata) {
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect(),
         pid: cap.pid,
-        ppid: procfs::status_field(&status, "PPid")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
+        ppid: cap.ppid,
         uid,
         gid,
         euid,

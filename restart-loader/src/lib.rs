@@ -89,7 +89,7 @@ pub fn restore(
     let pages = stage::fill_regions(&img, &stage_map, threads)?;
     say(&format!(
         "decompressed {pages} pages ({} MiB) on {threads} threads",
-        pages * PAGE_SIZE >> 20
+        (pages * PAGE_SIZE) >> 20
     ));
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };

@@ -253,7 +253,7 @@ struct DataBuilder {
 
 impl DataBuilder {
     fn align(&mut self, a: usize) {
-        while self.bytes.len() % a != 0 {
+        while !self.bytes.len().is_multiple_of(a) {
             self.bytes.push(0);
         }
     }
@@ -620,11 +620,13 @@ mod tests {
 
     #[test]
     fn finds_a_gap_clear_of_both_layouts() {
-        let mut meta = Metadata::default();
-        meta.mappings = vec![
-            mapping(0x1_0000_0000, 0x1_0010_0000, MappingKind::Anonymous),
-            mapping(0x7ffc_0000_0000, 0x7ffc_0002_1000, MappingKind::Stack),
-        ];
+        let meta = Metadata {
+            mappings: vec![
+                mapping(0x1_0000_0000, 0x1_0010_0000, MappingKind::Anonymous),
+                mapping(0x7ffc_0000_0000, 0x7ffc_0002_1000, MappingKind::Stack),
+            ],
+            ..Metadata::default()
+        };
         let loader = vec![Area {
             start: 0x1_0020_0000,
             end: 0x1_0040_0000,
@@ -647,12 +649,14 @@ mod tests {
 
     #[test]
     fn vdso_layout_must_match() {
-        let mut meta = Metadata::default();
-        meta.mappings = vec![mapping(
-            0x7000_0000_0000,
-            0x7000_0000_2000,
-            MappingKind::Vdso { crc32: 0 },
-        )];
+        let meta = Metadata {
+            mappings: vec![mapping(
+                0x7000_0000_0000,
+                0x7000_0000_2000,
+                MappingKind::Vdso { crc32: 0 },
+            )],
+            ..Metadata::default()
+        };
         let loader = vec![Area {
             start: 0x7100_0000_0000,
             end: 0x7100_0000_3000,

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use forkpoint_image::{restore_info, ImageFile, MappingKind, Metadata, PAGE_SIZE};
+use forkpoint_image::{restore_info, Contents, ImageFile, MappingKind, Metadata, PAGE_SIZE};
 
 use crate::plan::Layout;
 use crate::{sys, RestoreError};
@@ -106,18 +106,16 @@ pub fn map_regions(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError>
                 .map_err(what)?;
             }
             _ => {
+                // Regions saved empty (the library's writer stack) were reserved without
+                // commitment; keep them so.
+                let noreserve = if m.contents == Contents::Empty {
+                    libc::MAP_NORESERVE
+                } else {
+                    0
+                };
+                let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | noreserve;
                 // SAFETY: inside our reservation.
-                unsafe {
-                    sys::mmap_fixed(
-                        s.staged_at,
-                        len,
-                        rw,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                        -1,
-                        0,
-                    )
-                }
-                .map_err(what)?;
+                unsafe { sys::mmap_fixed(s.staged_at, len, rw, flags, -1, 0) }.map_err(what)?;
             }
         }
     }
