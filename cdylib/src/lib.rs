@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod config;
 mod fixbuf;
 mod fork;
+mod interpose;
 pub mod procfs;
 mod report;
 mod state;
@@ -101,7 +102,7 @@ fn try_init() -> Result<(), String> {
         sa.sa_sigaction = checkpoint::on_signal as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigfillset(&mut sa.sa_mask);
-        if libc::sigaction(signal, &sa, core::ptr::null_mut()) != 0 {
+        if interpose::real_sigaction(signal, &sa, core::ptr::null_mut()) != 0 {
             return Err(format!("cannot install the handler of signal {signal}"));
         }
     }

@@ -1,0 +1,418 @@
+//! Keeping the checkpoint signal deliverable whatever the application does with signals.
+//!
+//! Programs block every signal in worker threads, install handlers for every signal, or
+//! wait for signals synchronously; any of these would make a checkpoint time out or steal its
+//! signal. The functions here replace glibc's (the library is preloaded, so its definitions
+//! win) and keep the library's signal out of the kernel's view of what the application does,
+//! while the application sees exactly what it asked for:
+//!
+//! - masks (`sigprocmask`, `pthread_sigmask`): the checkpoint signal is never blocked in the
+//!   kernel; whether the application *asked* to block it is kept per thread and reported back
+//!   in every old mask;
+//! - dispositions (`sigaction`, `signal`, `bsd_signal`, `sysv_signal`): an application handler
+//!   for the checkpoint signal is recorded and reported back, never installed (choose another
+//!   `FORKPOINT_SIGNAL` if the application really uses that signal);
+//! - waiting (`sigsuspend`, `sigwait`, `sigwaitinfo`, `sigtimedwait`, `signalfd`): the
+//!   checkpoint signal is taken out of the set, so it is handled, not consumed.
+//!
+//! These run in normal application context (and possibly in the application's own signal
+//! handlers, where glibc's versions are async-signal-safe too): they use raw syscalls, a
+//! thread-local flag and a lock-free pointer to the next definition (`dlsym(RTLD_NEXT)`,
+//! resolved on first use).
+
+use core::cell::Cell;
+use core::ffi::{c_int, c_void};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use crate::state::RUNTIME;
+use crate::sys;
+
+thread_local! {
+    /// Whether this thread's application code asked to block the checkpoint signal.
+    static APP_BLOCKS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The application's recorded action for the checkpoint signal (handler, flags), as it set it.
+static VIRTUAL_HANDLER: AtomicU64 = AtomicU64::new(0);
+static VIRTUAL_FLAGS: AtomicU64 = AtomicU64::new(0);
+static VIRTUAL_MASK: AtomicU64 = AtomicU64::new(0);
+
+/// glibc-internal signals (SIGCANCEL, SIGSETXID) that glibc never lets the application block.
+const GLIBC_INTERNAL: u64 = (1 << 31) | (1 << 32);
+
+fn our_bit() -> u64 {
+    match RUNTIME.get() {
+        Some(rt) => 1u64 << (rt.config.signal - 1),
+        None => 0,
+    }
+}
+
+fn our_signal() -> c_int {
+    RUNTIME.get().map_or(0, |rt| rt.config.signal)
+}
+
+/// `dlsym(RTLD_NEXT, name)`, cached.
+fn next_fn(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
+    let p = slot.load(Ordering::Acquire);
+    if !p.is_null() {
+        return p;
+    }
+    // SAFETY: name is NUL-terminated; RTLD_NEXT finds glibc's definition after ours.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    slot.store(p, Ordering::Release);
+    p
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Reads the first 64 signals of a sigset (what the kernel uses on x86-64).
+///
+/// # Safety
+/// `set` must be null or point to a sigset_t.
+unsafe fn read_set(set: *const libc::sigset_t) -> Option<u64> {
+    // SAFETY: caller's contract; sigset_t is at least 8 bytes.
+    (!set.is_null()).then(|| unsafe { core::ptr::read_unaligned(set as *const u64) })
+}
+
+/// Applies `how`/`set` to the thread's mask, keeping the checkpoint signal unblocked in the
+/// kernel and remembering whether the application wanted it blocked. Returns 0 or an errno.
+///
+/// # Safety
+/// `set` null or a valid sigset_t; `old` null or writable sigset_t.
+unsafe fn mask_op(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    let bit = our_bit();
+    let before = APP_BLOCKS.with(Cell::get);
+    // SAFETY: caller's contract.
+    let requested = unsafe { read_set(set) };
+    let mut kernel_old: u64 = 0;
+    let r = match requested {
+        Some(s) => {
+            let (blocks, s) = match how {
+                libc::SIG_BLOCK => (before || s & bit != 0, s & !bit & !GLIBC_INTERNAL),
+                libc::SIG_UNBLOCK => (before && s & bit == 0, s),
+                libc::SIG_SETMASK => (s & bit != 0, s & !bit & !GLIBC_INTERNAL),
+                _ => return libc::EINVAL,
+            };
+            // SAFETY: 8-byte kernel sigsets.
+            let r = unsafe {
+                sys::syscall6(
+                    libc::SYS_rt_sigprocmask,
+                    how as usize,
+                    &s as *const u64 as usize,
+                    &mut kernel_old as *mut u64 as usize,
+                    8,
+                    0,
+                    0,
+                )
+            };
+            if r == 0 {
+                APP_BLOCKS.with(|c| c.set(blocks));
+            }
+            r
+        }
+        None => {
+            // SAFETY: 8-byte kernel sigset.
+            unsafe {
+                sys::syscall6(
+                    libc::SYS_rt_sigprocmask,
+                    how as usize,
+                    0,
+                    &mut kernel_old as *mut u64 as usize,
+                    8,
+                    0,
+                    0,
+                )
+            }
+        }
+    };
+    if r < 0 {
+        return (-r) as c_int;
+    }
+    if !old.is_null() {
+        let shown = if before {
+            kernel_old | bit
+        } else {
+            kernel_old & !bit
+        };
+        // SAFETY: old is a writable sigset_t (at least 8 bytes).
+        unsafe { core::ptr::write_unaligned(old as *mut u64, shown) };
+    }
+    0
+}
+
+/// # Safety
+/// As `pthread_sigmask(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn pthread_sigmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    // SAFETY: the caller's contract is pthread_sigmask's.
+    unsafe { mask_op(how, set, old) }
+}
+
+/// # Safety
+/// As `sigprocmask(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigprocmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    // SAFETY: the caller's contract is sigprocmask's.
+    match unsafe { mask_op(how, set, old) } {
+        0 => 0,
+        e => {
+            set_errno(e);
+            -1
+        }
+    }
+}
+
+static NEXT_SIGACTION: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+type SigactionFn =
+    unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+
+/// # Safety
+/// As `sigaction(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    if sig != 0 && sig == our_signal() {
+        if !old.is_null() {
+            // SAFETY: old is a writable struct sigaction.
+            unsafe {
+                core::ptr::write_bytes(old, 0, 1);
+                (*old).sa_sigaction = VIRTUAL_HANDLER.load(Ordering::SeqCst) as usize;
+                (*old).sa_flags = VIRTUAL_FLAGS.load(Ordering::SeqCst) as c_int;
+                core::ptr::write_unaligned(
+                    &mut (*old).sa_mask as *mut libc::sigset_t as *mut u64,
+                    VIRTUAL_MASK.load(Ordering::SeqCst),
+                );
+            }
+        }
+        if !act.is_null() {
+            // SAFETY: act is a readable struct sigaction.
+            unsafe {
+                VIRTUAL_HANDLER.store((*act).sa_sigaction as u64, Ordering::SeqCst);
+                VIRTUAL_FLAGS.store((*act).sa_flags as u64, Ordering::SeqCst);
+                VIRTUAL_MASK.store(
+                    core::ptr::read_unaligned(
+                        &(*act).sa_mask as *const libc::sigset_t as *const u64,
+                    ),
+                    Ordering::SeqCst,
+                );
+            }
+        }
+        return 0;
+    }
+    let f = next_fn(&NEXT_SIGACTION, c"sigaction");
+    if f.is_null() {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: f is glibc's sigaction, same signature.
+    unsafe { core::mem::transmute::<*mut c_void, SigactionFn>(f)(sig, act, old) }
+}
+
+/// glibc's own `sigaction`, for the library's handler (ours would only record it).
+///
+/// # Safety
+/// As `sigaction(2)`.
+pub unsafe fn real_sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    let f = next_fn(&NEXT_SIGACTION, c"sigaction");
+    if f.is_null() {
+        return -1;
+    }
+    // SAFETY: f is glibc's sigaction, same signature.
+    unsafe { core::mem::transmute::<*mut c_void, SigactionFn>(f)(sig, act, old) }
+}
+
+/// `signal`-style installation through our `sigaction` (BSD semantics, as glibc's `signal`).
+fn install_simple(sig: c_int, handler: libc::sighandler_t, flags: c_int) -> libc::sighandler_t {
+    // SAFETY: zeroed sigaction is a valid "SIG_DFL, empty mask" value.
+    let mut act: libc::sigaction = unsafe { core::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = flags;
+    // SAFETY: zeroed sigaction is valid.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: both point to valid structs.
+    if unsafe { sigaction(sig, &act, &mut old) } != 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
+}
+
+/// # Safety
+/// As `signal(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    install_simple(sig, handler, libc::SA_RESTART)
+}
+
+/// # Safety
+/// As `bsd_signal(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    install_simple(sig, handler, libc::SA_RESTART)
+}
+
+/// # Safety
+/// As `sysv_signal(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn sysv_signal(
+    sig: c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
+    install_simple(sig, handler, libc::SA_RESETHAND | libc::SA_NODEFER)
+}
+
+/// A copy of `set` without the checkpoint signal.
+///
+/// # Safety
+/// `set` must point to a sigset_t.
+unsafe fn without_ours(set: *const libc::sigset_t) -> libc::sigset_t {
+    // SAFETY: caller's contract.
+    let mut copy = unsafe { core::ptr::read(set) };
+    let sig = our_signal();
+    if sig != 0 {
+        // SAFETY: copy is a valid sigset_t.
+        unsafe { libc::sigdelset(&mut copy, sig) };
+    }
+    copy
+}
+
+static NEXT_SIGSUSPEND: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_SIGWAIT: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_SIGWAITINFO: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_SIGTIMEDWAIT: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_SIGNALFD: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
+macro_rules! call_next {
+    ($slot:expr, $name:expr, $ty:ty, $($arg:expr),*) => {{
+        let f = next_fn(&$slot, $name);
+        if f.is_null() {
+            set_errno(libc::ENOSYS);
+            return -1;
+        }
+        // SAFETY: f is glibc's definition of the same function.
+        unsafe { core::mem::transmute::<*mut c_void, $ty>(f)($($arg),*) }
+    }};
+}
+
+/// # Safety
+/// As `sigsuspend(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigsuspend(mask: *const libc::sigset_t) -> c_int {
+    if mask.is_null() {
+        set_errno(libc::EFAULT);
+        return -1;
+    }
+    // SAFETY: mask is a sigset_t per the caller's contract.
+    let m = unsafe { without_ours(mask) };
+    call_next!(
+        NEXT_SIGSUSPEND,
+        c"sigsuspend",
+        unsafe extern "C" fn(*const libc::sigset_t) -> c_int,
+        &m
+    )
+}
+
+/// # Safety
+/// As `sigwait(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) -> c_int {
+    if set.is_null() {
+        return libc::EFAULT;
+    }
+    // SAFETY: set is a sigset_t per the caller's contract.
+    let s = unsafe { without_ours(set) };
+    call_next!(
+        NEXT_SIGWAIT,
+        c"sigwait",
+        unsafe extern "C" fn(*const libc::sigset_t, *mut c_int) -> c_int,
+        &s,
+        sig
+    )
+}
+
+/// # Safety
+/// As `sigwaitinfo(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigwaitinfo(
+    set: *const libc::sigset_t,
+    info: *mut libc::siginfo_t,
+) -> c_int {
+    if set.is_null() {
+        set_errno(libc::EFAULT);
+        return -1;
+    }
+    // SAFETY: set is a sigset_t per the caller's contract.
+    let s = unsafe { without_ours(set) };
+    call_next!(
+        NEXT_SIGWAITINFO,
+        c"sigwaitinfo",
+        unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t) -> c_int,
+        &s,
+        info
+    )
+}
+
+/// # Safety
+/// As `sigtimedwait(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigtimedwait(
+    set: *const libc::sigset_t,
+    info: *mut libc::siginfo_t,
+    timeout: *const libc::timespec,
+) -> c_int {
+    if set.is_null() {
+        set_errno(libc::EFAULT);
+        return -1;
+    }
+    // SAFETY: set is a sigset_t per the caller's contract.
+    let s = unsafe { without_ours(set) };
+    call_next!(
+        NEXT_SIGTIMEDWAIT,
+        c"sigtimedwait",
+        unsafe extern "C" fn(
+            *const libc::sigset_t,
+            *mut libc::siginfo_t,
+            *const libc::timespec,
+        ) -> c_int,
+        &s,
+        info,
+        timeout
+    )
+}
+
+/// # Safety
+/// As `signalfd(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int {
+    if mask.is_null() {
+        set_errno(libc::EFAULT);
+        return -1;
+    }
+    // SAFETY: mask is a sigset_t per the caller's contract.
+    let m = unsafe { without_ours(mask) };
+    call_next!(
+        NEXT_SIGNALFD,
+        c"signalfd",
+        unsafe extern "C" fn(c_int, *const libc::sigset_t, c_int) -> c_int,
+        fd,
+        &m,
+        flags
+    )
+}
