@@ -535,6 +535,8 @@ fn capture_thread(t: &mut ThreadCapture, rt: &Runtime, uctx: *mut c_void) {
     );
     t.tid_address = tid_addr;
     t.robust_list = sys::get_robust_list();
+    sys::sched_getaffinity(&mut t.affinity);
+    t.sched = sys::sched_get();
     let _ = sys::prctl(libc::PR_GET_NAME, t.name.as_mut_ptr() as usize, 0, 0, 0);
     t.rseq = if rt.rseq_size > 0 {
         let len = (rt.rseq_size.max(32) + 31) & !31;

@@ -65,6 +65,9 @@ pub struct ThreadCapture {
     pub rseq: Option<(u64, u32, u32)>,
     pub xstate_bv: u64,
     pub xsave_size: u32,
+    /// CPU affinity (1024 CPUs) and scheduling policy/priority.
+    pub affinity: [u64; 16],
+    pub sched: (i32, i32),
 }
 
 impl ThreadCapture {
@@ -89,6 +92,8 @@ impl ThreadCapture {
         rseq: None,
         xstate_bv: 0,
         xsave_size: 0,
+        affinity: [0; 16],
+        sched: (0, 0),
     };
 }
 

@@ -472,3 +472,20 @@ pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
         )
     };
 }
+
+/// The calling thread's CPU affinity (up to 1024 CPUs).
+pub fn sched_getaffinity(mask: &mut [u64; 16]) {
+    *mask = [0; 16];
+    // SAFETY: mask is 128 writable bytes.
+    let _ = unsafe { sc!(libc::SYS_sched_getaffinity, 0, 128, mask.as_mut_ptr()) };
+}
+
+/// The calling thread's scheduling policy and priority.
+pub fn sched_get() -> (i32, i32) {
+    // SAFETY: no memory effects.
+    let policy = unsafe { sc!(libc::SYS_sched_getscheduler, 0) }.unwrap_or(0) as i32;
+    let mut prio: i32 = 0;
+    // SAFETY: struct sched_param is one int.
+    let _ = unsafe { sc!(libc::SYS_sched_getparam, 0, &mut prio as *mut i32) };
+    (policy, prio)
+}

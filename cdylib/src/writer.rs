@@ -390,6 +390,16 @@ fn thread_state(t: &ThreadCapture) -> ThreadState {
         robust_list: t.robust_list.0,
         robust_list_len: t.robust_list.1,
         rseq: t.rseq.map(|(addr, len, sig)| Rseq { addr, len, sig }),
+        affinity: {
+            let used = t
+                .affinity
+                .iter()
+                .rposition(|&w| w != 0)
+                .map_or(0, |i| i + 1);
+            t.affinity[..used].to_vec()
+        },
+        sched_policy: t.sched.0,
+        sched_priority: t.sched.1,
     }
 }
 

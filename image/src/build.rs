@@ -429,6 +429,9 @@ pub fn sample_metadata() -> Metadata {
         robust_list: 0x1000_0000 + 0x8e0,
         robust_list_len: 24,
         rseq: None,
+        affinity: Vec::new(),
+        sched_policy: 0,
+        sched_priority: 0,
     }];
     m
 }

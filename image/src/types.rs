@@ -135,6 +135,15 @@ pub struct ThreadState {
     pub robust_list: u64,
     pub robust_list_len: u64,
     pub rseq: Option<Rseq>,
+    /// CPU affinity mask (`sched_getaffinity`, one bit per CPU, 64 CPUs per word); empty if
+    /// not captured.
+    #[serde(default)]
+    pub affinity: Vec<u64>,
+    /// Scheduling policy and priority (`sched_getscheduler`, `sched_getparam`).
+    #[serde(default)]
+    pub sched_policy: i32,
+    #[serde(default)]
+    pub sched_priority: i32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,8 @@ pub const USER_SPACE_END: u64 = 0x0000_7fff_ffff_f000;
 pub const VSYSCALL_START: u64 = 0xffff_ffff_ff60_0000;
 pub const MAX_MAPPINGS: usize = 1 << 20;
 pub const MAX_THREADS: usize = 1 << 16;
+/// 65536 CPUs.
+pub const MAX_AFFINITY_WORDS: usize = 1024;
 pub const MAX_FDS: usize = 1 << 20;
 /// Signals 1..=64: at most one disposition each.
 pub const MAX_SIGNAL: u32 = 64;
@@ -322,6 +324,12 @@ fn validate_threads(m: &Metadata) -> Result<(), ValidationError> {
             if !user_or_null(v) {
                 return err(format!("{at} {what} {v:#x} is not a user address"));
             }
+        }
+        if t.affinity.len() > MAX_AFFINITY_WORDS {
+            return err(format!(
+                "{at} affinity mask of {} words exceeds {MAX_AFFINITY_WORDS}",
+                t.affinity.len()
+            ));
         }
         if !user_range(t.sigaltstack.sp, t.sigaltstack.size) {
             return err(format!(

@@ -175,6 +175,9 @@ fn thread() -> impl Strategy<Value = ThreadState> {
                     robust_list: rl,
                     robust_list_len: rll,
                     rseq: rseq.map(|(addr, len, sig)| Rseq { addr, len, sig }),
+                    affinity: Vec::new(),
+                    sched_policy: 0,
+                    sched_priority: 0,
                 }
             },
         )

@@ -242,6 +242,8 @@ const SYS_SET_ROBUST_LIST: u64 = 273;
 const SYS_RSEQ: u64 = 334;
 const SYS_CLOSE: u64 = 3;
 const SYS_CLONE: u64 = 56;
+const SYS_SCHED_SETAFFINITY: u64 = 203;
+const SYS_SCHED_SETSCHEDULER: u64 = 144;
 const PR_SET_NAME: u64 = 15;
 /// Size of the kernel's `struct ucontext` on x86-64.
 pub const UCONTEXT_LEN: usize = 304;
@@ -365,6 +367,28 @@ fn thread_tail(steps: &mut Steps, d: &mut DataBuilder, t: &ThreadState) {
             [r.addr, r.len as u64, 0, r.sig as u64, 0, 0],
             MAY_FAIL,
             format!("rseq registration at {:#x}", r.addr),
+        );
+    }
+    if !t.affinity.is_empty() {
+        let mask = words(&t.affinity);
+        let at = d.put(&mask, 8);
+        steps.add(
+            SYS_SCHED_SETAFFINITY,
+            [0, mask.len() as u64, at, 0, 0, 0],
+            MAY_FAIL,
+            "sched_setaffinity".into(),
+        );
+    }
+    if t.sched_policy != 0 || t.sched_priority != 0 {
+        let at = d.put(&t.sched_priority.to_le_bytes(), 8);
+        steps.add(
+            SYS_SCHED_SETSCHEDULER,
+            [0, t.sched_policy as u32 as u64, at, 0, 0, 0],
+            MAY_FAIL,
+            format!(
+                "sched_setscheduler (policy {}, priority {})",
+                t.sched_policy, t.sched_priority
+            ),
         );
     }
     let mut name = t.name.as_bytes().to_vec();
@@ -595,8 +619,13 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
 
 /// Upper bound on the data area `build_program` produces, to size the blob region first.
 pub fn data_len_bound(meta: &Metadata) -> u64 {
-    let n_ops = meta.mappings.len() as u64 * 2 + 32 + meta.threads.len() as u64 * 6;
-    let frames = meta.threads.len() as u64 * (UCONTEXT_LEN as u64 + 64 + 32);
+    let n_ops = meta.mappings.len() as u64 * 2 + 32 + meta.threads.len() as u64 * 10;
+    let per_thread: u64 = meta
+        .threads
+        .iter()
+        .map(|t| UCONTEXT_LEN as u64 + 64 + 32 + 16 + t.affinity.len() as u64 * 8)
+        .sum();
+    let frames = per_thread;
     n_ops * (OP_WORDS as u64 * 8 + 300) + frames + meta.mm.auxv.len() as u64 * 8 + 4096
 }
 
