@@ -7,7 +7,7 @@
 //! any libc call that may take a lock or touch errno-dependent state.
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::LogLevel;
 use crate::fixbuf::FixBuf;
@@ -114,6 +114,28 @@ fn release_threads() {
 
 /// Reaps writer `pid` if it has exited, recording its status for the API. A writer that died
 /// from a signal could not write its report: write one for it.
+/// Requests that arrived while a writer was busy (ids, 0 = free slot).
+static QUEUED: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+
+fn queue_request(id: u64) -> bool {
+    QUEUED.iter().any(|slot| {
+        slot.compare_exchange(0, id, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    })
+}
+
+/// After a writer is gone: send each queued request to ourselves again, in order; the first
+/// starts the next checkpoint, the others queue up behind it.
+pub fn resend_queued() {
+    let Some(rt) = RUNTIME.get() else { return };
+    for slot in &QUEUED {
+        let id = slot.swap(0, Ordering::SeqCst);
+        if id != 0 {
+            let _ = sys::sigqueue_self(rt.config.signal, id);
+        }
+    }
+}
+
 pub fn reap_writer(pid: i32, nohang: bool) -> Option<i32> {
     if pid <= 0 || WRITER_PID.load(Ordering::SeqCst) != pid {
         return None;
@@ -123,6 +145,7 @@ pub fn reap_writer(pid: i32, nohang: bool) -> Option<i32> {
             Ok((p, status)) if p == pid => {
                 LAST_WRITER.store((pid as u64) << 32 | status as u32 as u64, Ordering::SeqCst);
                 WRITER_PID.store(0, Ordering::SeqCst);
+                resend_queued();
                 if libc::WIFSIGNALED(status) {
                     let mut msg = Line::new();
                     msg.str("the image writer (pid ")
@@ -179,6 +202,17 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     }
     let busy = WRITER_PID.load(Ordering::SeqCst);
     if busy != 0 && reap_writer(busy, true).is_none() {
+        // A `forkpoint checkpoint` request waits its turn: it is taken when this writer is
+        // done (never two writers at once). Other triggers are refused.
+        if trigger == Trigger::Request && queue_request(id) {
+            let mut l = Line::new();
+            l.str("request ")
+                .u64(id)
+                .str(" queued behind the checkpoint being written");
+            report::log(LogLevel::Debug, l.as_bytes());
+            CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+            return;
+        }
         let mut msg = Line::new();
         msg.str("a checkpoint is already being written (writer pid ")
             .i64(busy as i64)

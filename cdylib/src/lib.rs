@@ -166,6 +166,7 @@ pub extern "C" fn forkpoint_checkpoint() -> i32 {
         match sys::wait_clone(pid, false) {
             Ok((p, status)) if p == pid => {
                 WRITER_PID.store(0, Ordering::SeqCst);
+                checkpoint::resend_queued();
                 return if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
                     0
                 } else {

@@ -489,3 +489,31 @@ pub fn sched_get() -> (i32, i32) {
     let _ = unsafe { sc!(libc::SYS_sched_getparam, 0, &mut prio as *mut i32) };
     (policy, prio)
 }
+
+/// Queues `sig` to this process with `value` as its sigval (si_code SI_QUEUE), as `sigqueue`.
+pub fn sigqueue_self(sig: i32, value: u64) -> SysResult {
+    // SAFETY: siginfo_t is plain data.
+    let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
+    info.si_signo = sig;
+    info.si_code = -1; // SI_QUEUE
+                       // SAFETY: the layout of the SI_QUEUE member: si_pid (i32) at 16, si_uid (u32) at 20,
+                       // si_value (8 bytes) at 24 on x86-64.
+    unsafe {
+        let base = &mut info as *mut libc::siginfo_t as *mut u8;
+        core::ptr::write_unaligned(base.add(16) as *mut i32, getpid());
+        core::ptr::write_unaligned(
+            base.add(20) as *mut u32,
+            sc!(libc::SYS_getuid).unwrap_or(0) as u32,
+        );
+        core::ptr::write_unaligned(base.add(24) as *mut u64, value);
+    }
+    // SAFETY: info is a valid siginfo for this call.
+    unsafe {
+        sc!(
+            libc::SYS_rt_sigqueueinfo,
+            getpid(),
+            sig,
+            &info as *const libc::siginfo_t
+        )
+    }
+}
