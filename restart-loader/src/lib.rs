@@ -109,11 +109,21 @@ pub fn restore(
     let err_fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, base + prepared.len() as i32 + 1) };
 
     // Build the blob.
+    // Debug (test) builds honour FORKPOINT_TEST_FAIL_STEP=N: step N of the restore program
+    // fails, to test that the message names it. Release builds ignore it.
+    let fail_step = if cfg!(debug_assertions) {
+        std::env::var("FORKPOINT_TEST_FAIL_STEP")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    } else {
+        None
+    };
     let inputs = plan::ProgramInputs {
         meta,
         layout: &layout,
         vdso: &vdso,
         err_fd,
+        fail_step,
     };
     let data_at = layout.blob_start + PAGE_SIZE;
     let data = plan::build_program(&inputs, data_at).map_err(RestoreError)?;

@@ -217,6 +217,8 @@ pub struct ProgramInputs<'a> {
     /// The loader's vdso mappings with their target addresses.
     pub vdso: &'a [(Area, u64)],
     pub err_fd: i32,
+    /// Test builds only: make this step (1-based) of the main thread's program fail.
+    pub fail_step: Option<usize>,
 }
 
 /// The blob's data area: program words, messages, `prctl_mm_map`, auxv, signal frame.
@@ -328,8 +330,23 @@ impl Steps {
 
     /// Lays the program out in `d` (messages, then the words the blob reads); returns its
     /// address. `who` names the thread in messages.
-    fn emit(self, d: &mut DataBuilder, err_fd: i32, who: &str, names: &mut Vec<String>) -> u64 {
+    fn emit(
+        mut self,
+        d: &mut DataBuilder,
+        err_fd: i32,
+        who: &str,
+        names: &mut Vec<String>,
+        fail_step: Option<usize>,
+    ) -> u64 {
         let n = self.0.len();
+        // Test builds can make one step fail on purpose (an unknown syscall: ENOSYS).
+        if let Some(op) = fail_step
+            .and_then(|k| k.checked_sub(1))
+            .and_then(|k| self.0.get_mut(k))
+        {
+            op.0.nr = 0xffff;
+            op.0.flags &= !MAY_FAIL;
+        }
         let mut msgs = Vec::with_capacity(n);
         for (i, (_, what)) in self.0.iter().enumerate() {
             let text = format!(
@@ -563,7 +580,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
             },
             "rt_sigreturn".into(),
         );
-        let child_at = child.emit(&mut d, inp.err_fd, &who, &mut names);
+        let child_at = child.emit(&mut d, inp.err_fd, &who, &mut names, None);
         let stack_top = layout.thread_stacks + (stack_k + 1) * THREAD_STACK_LEN;
         stack_k += 1;
         steps.add_op(
@@ -609,7 +626,7 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
         "rt_sigreturn".into(),
     );
     let who = format!("thread {} ({})", thread.tid, thread.name);
-    let program_at = steps.emit(&mut d, inp.err_fd, &who, &mut names);
+    let program_at = steps.emit(&mut d, inp.err_fd, &who, &mut names, inp.fail_step);
     Ok(BlobData {
         program_offset: (program_at - base) as usize,
         bytes: d.bytes,
