@@ -60,6 +60,9 @@ enum Command {
         /// Print each step of the restore and its timing to stderr.
         #[arg(short, long)]
         verbose: bool,
+        /// Restore an image another user owns (it runs that image's code as you).
+        #[arg(long)]
+        allow_foreign_owner: bool,
         /// The image file.
         #[arg(value_name = "IMAGE")]
         image: PathBuf,
@@ -143,8 +146,15 @@ fn main() -> ExitCode {
             })
             .map(|path| println!("{path}")),
         ),
-        Command::Restart { verbose, image } => {
-            let opts = forkpoint_restart_loader::RestoreOptions { verbose };
+        Command::Restart {
+            verbose,
+            allow_foreign_owner,
+            image,
+        } => {
+            let opts = forkpoint_restart_loader::RestoreOptions {
+                verbose,
+                allow_foreign_owner,
+            };
             let err = match forkpoint_restart_loader::restore(&image, &opts) {
                 Ok(never) => match never {},
                 Err(e) => e,

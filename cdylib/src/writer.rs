@@ -727,6 +727,11 @@ fn describe_process(cap: &Capture, meta: &mut Metadata) {
         gid,
         euid,
         egid,
+        groups: procfs::status_field(&status, "Groups")
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
         cwd: readlink_string(b"/proc/self/cwd\0"),
         umask: procfs::status_field(&status, "Umask")
             .and_then(|s| u32::from_str_radix(s, 8).ok())

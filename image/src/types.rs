@@ -40,6 +40,9 @@ pub struct ProcessInfo {
     pub gid: u32,
     pub euid: u32,
     pub egid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub groups: Vec<u32>,
     pub cwd: String,
     pub umask: u32,
     pub hostname: String,

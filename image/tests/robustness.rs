@@ -204,6 +204,7 @@ fn process() -> impl Strategy<Value = ProcessInfo> {
                     gid,
                     euid,
                     egid,
+                    groups: vec![gid, uid],
                     cwd,
                     umask,
                     hostname,

@@ -22,6 +22,8 @@ use forkpoint_image::{ImageFile, PAGE_SIZE};
 pub struct RestoreOptions {
     /// Print each step and its timing to stderr.
     pub verbose: bool,
+    /// Restore an image owned by another user.
+    pub allow_foreign_owner: bool,
 }
 
 /// Why a restore was refused.
@@ -54,7 +56,9 @@ pub fn restore(
     // Verify.
     let img =
         ImageFile::open(path).map_err(|e| RestoreError(format!("{}: {e}", path.display())))?;
+    verify::check_owner(path, opts.allow_foreign_owner)?;
     let meta = &img.metadata;
+    let creds = verify::credentials_to_take(meta)?;
     say(&format!(
         "read {}: {} mappings, {} chunks, {} descriptors",
         path.display(),
@@ -176,6 +180,9 @@ pub fn restore(
     unsafe { libc::umask(meta.process.umask as libc::mode_t) };
     if !meta.process.cwd.is_empty() {
         let _ = std::env::set_current_dir(&meta.process.cwd);
+    }
+    if let Some(c) = &creds {
+        sys::take_credentials(c).map_err(RestoreError)?;
     }
     sys::block_all_signals();
     for s in &meta.signals {

@@ -128,3 +128,36 @@ pub fn block_all_signals() {
         )
     };
 }
+
+/// Becomes the image's user: groups, then gids, then uids (after which no privilege is left),
+/// and stays dumpable so the restored program can read its own /proc files (and be
+/// checkpointed again).
+pub fn take_credentials(c: &crate::verify::Credentials) -> Result<(), String> {
+    let groups: Vec<libc::gid_t> = c.groups.clone();
+    // SAFETY: groups is a valid array of its length.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
+        return Err(format!(
+            "cannot set the image's groups: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: plain credential syscalls.
+    if unsafe { libc::setresgid(c.gid, c.egid, c.egid) } != 0 {
+        return Err(format!(
+            "cannot take gid {}: {}",
+            c.gid,
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setresuid(c.uid, c.euid, c.euid) } != 0 {
+        return Err(format!(
+            "cannot take uid {}: {}",
+            c.uid,
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    Ok(())
+}

@@ -186,6 +186,52 @@ pub fn check_vdso(meta: &Metadata, loader: &[Area]) -> Result<(), RestoreError> 
     Ok(())
 }
 
+/// An image is code and data that will run as the caller: refuse one another user owns.
+pub fn check_owner(path: &std::path::Path, allow_foreign: bool) -> Result<(), RestoreError> {
+    let md =
+        std::fs::metadata(path).map_err(|e| RestoreError(format!("{}: {e}", path.display())))?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if md.uid() != me && !allow_foreign {
+        return Err(RestoreError(format!(
+            "{} is owned by uid {}, not by you (uid {me}): restoring it would run its contents as you; \
+             pass --allow-foreign-owner if you trust it",
+            path.display(),
+            md.uid()
+        )));
+    }
+    Ok(())
+}
+
+/// Credentials the restored process must run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// When root restores an image taken by another user, the process drops to that user's
+/// credentials (never runs the image as root unless it was root's). A non-root caller
+/// restores as itself: the kernel lets it take no other identity.
+pub fn credentials_to_take(meta: &Metadata) -> Result<Option<Credentials>, RestoreError> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let p = &meta.process;
+    if euid != 0 || (p.uid == 0 && p.euid == 0) {
+        return Ok(None);
+    }
+    Ok(Some(Credentials {
+        uid: p.uid,
+        euid: p.euid,
+        gid: p.gid,
+        egid: p.egid,
+        groups: p.groups.clone(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
