@@ -27,6 +27,8 @@ pub struct Config {
     pub writer_nice: Option<i32>,
     /// How long the leader waits for every thread to stop before giving up.
     pub quiesce_timeout_ns: u64,
+    /// Compression threads of the writer (None: one per CPU; 0: the writer compresses alone).
+    pub writer_threads: Option<usize>,
 }
 
 pub const DEFAULT_QUIESCE_TIMEOUT_NS: u64 = 2_000_000_000;
@@ -187,6 +189,16 @@ impl Config {
             }
             _ => DEFAULT_QUIESCE_TIMEOUT_NS,
         };
+        let writer_threads = match get("FORKPOINT_WRITER_THREADS") {
+            Some(s) if !s.is_empty() => Some(
+                s.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= 256)
+                    .ok_or_else(|| format!("FORKPOINT_WRITER_THREADS: {s:?} is not 0 to 256"))?,
+            ),
+            _ => None,
+        };
         Ok(Config {
             signal,
             interval_ns,
@@ -196,6 +208,7 @@ impl Config {
             log,
             writer_nice,
             quiesce_timeout_ns,
+            writer_threads,
         })
     }
 }

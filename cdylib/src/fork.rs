@@ -138,3 +138,70 @@ pub unsafe fn fork_with_resume_point(
         Forked::Parent(r as i32)
     }
 }
+
+// fp_spawn(flags, stack_top, ctid, fn, arg) -> tid or -errno
+//
+// A raw thread: clone with CLONE_CHILD_CLEARTID at `ctid`; the new thread calls fn(arg) on
+// `stack_top` and must end with the exit syscall.
+global_asm!(
+    ".pushsection .text.fp_spawn,\"ax\",@progbits",
+    ".globl fp_spawn",
+    ".hidden fp_spawn",
+    ".type fp_spawn,@function",
+    "fp_spawn:",
+    "    push r12",
+    "    push r13",
+    "    mov r12, rcx",
+    "    mov r13, r8",
+    "    mov r10, rdx",
+    "    xor edx, edx",
+    "    xor r8d, r8d",
+    "    mov eax, 56",
+    "    syscall",
+    "    test rax, rax",
+    "    jnz 1f",
+    "    xor ebp, ebp",
+    "    mov rdi, r13",
+    "    call r12",
+    "    ud2",
+    "1:",
+    "    pop r13",
+    "    pop r12",
+    "    ret",
+    ".size fp_spawn, .-fp_spawn",
+    ".popsection",
+);
+
+extern "C" {
+    fn fp_spawn(flags: u64, stack_top: u64, ctid: u64, f: extern "C" fn(u64) -> !, arg: u64)
+        -> i64;
+}
+
+/// Starts a raw thread sharing everything with the caller (TLS included: it must not use
+/// it) running `f(arg)` on the stack ending at `stack_top`. The kernel writes 0 to `ctid`
+/// and wakes it when the thread exits. Returns its tid.
+///
+/// # Safety
+/// The stack, `ctid` and whatever `arg` points to must outlive the thread; `f` must not
+/// touch thread-local state and must end with the exit syscall.
+pub unsafe fn spawn_thread(
+    stack_top: u64,
+    ctid: u64,
+    f: extern "C" fn(u64) -> !,
+    arg: u64,
+) -> Result<i32, i32> {
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_CHILD_CLEARTID) as u64;
+    // SAFETY: the caller's contract; fp_spawn preserves callee-saved registers in the caller.
+    let r = unsafe { fp_spawn(flags, stack_top & !15, ctid, f, arg) };
+    if r < 0 {
+        Err(-r as i32)
+    } else {
+        Ok(r as i32)
+    }
+}

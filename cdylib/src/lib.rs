@@ -9,6 +9,7 @@
 
 mod arena;
 mod checkpoint;
+mod compress;
 pub mod config;
 mod fixbuf;
 mod fork;

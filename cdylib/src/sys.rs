@@ -517,3 +517,29 @@ pub fn sigqueue_self(sig: i32, value: u64) -> SysResult {
         )
     }
 }
+
+pub fn pwrite(fd: i32, buf: &[u8], off: u64) -> SysResult {
+    // SAFETY: the kernel reads buf.len() bytes from buf.
+    unsafe { sc!(libc::SYS_pwrite64, fd, buf.as_ptr(), buf.len(), off) }
+}
+
+/// Ends the calling thread only (the other threads of the process go on).
+pub fn exit_thread() -> ! {
+    // SAFETY: ends this thread; its stack is not freed by the kernel.
+    unsafe {
+        let _ = sc!(libc::SYS_exit, 0);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Number of CPUs this thread may run on.
+pub fn cpu_count() -> usize {
+    let mut mask = [0u64; 16];
+    sched_getaffinity(&mut mask);
+    mask.iter()
+        .map(|w| w.count_ones() as usize)
+        .sum::<usize>()
+        .max(1)
+}

@@ -7,11 +7,12 @@
 //! anything that takes a lock; returning into the parent's stack frames.
 
 use forkpoint_image::{
-    self as image, AltStack, Chunk, Compression, Contents, CpuInfo, FdEntry, FdKind, FdRestore,
-    FileId, Footer, Header, Mapping, MappingKind, Metadata, MmFields, PageRun, ProcessInfo, Rlimit,
-    Rseq, SigAction, ThreadState, PAGE_SIZE,
+    self as image, AltStack, Contents, CpuInfo, FdEntry, FdKind, FdRestore, FileId, Footer, Header,
+    Mapping, MappingKind, Metadata, MmFields, ProcessInfo, Rlimit, Rseq, SigAction, ThreadState,
+    PAGE_SIZE,
 };
 
+use crate::compress::Chunker;
 use crate::config::LogLevel;
 use crate::fixbuf::FixBuf;
 use crate::procfs::{self, Plan};
@@ -20,8 +21,6 @@ use crate::state::{Capture, ThreadCapture, CAPTURE, RESTORE_INFO, RUNTIME, THREA
 use crate::sys;
 
 const PAGE: usize = PAGE_SIZE as usize;
-/// Pages per chunk: 4 MiB, large enough for zstd to do well, small enough to bound memory.
-const CHUNK_PAGES: usize = 1024;
 /// pagemap entries read per syscall.
 const PAGEMAP_BATCH: usize = 512;
 
@@ -93,7 +92,7 @@ struct Done {
     write_ns: u64,
 }
 
-fn errno_text(e: i32) -> &'static str {
+pub fn errno_text(e: i32) -> &'static str {
     match e {
         libc::ENOENT => "no such file or directory",
         libc::EACCES => "permission denied",
@@ -125,177 +124,18 @@ struct Out {
 }
 
 impl Out {
-    fn write(&mut self, b: &[u8]) -> Result<(), String> {
-        sys::write_all(self.fd, b).map_err(|e| os_err("cannot write", &self.path, e))?;
-        self.pos += b.len() as u64;
-        Ok(())
-    }
-
-    fn pad_to(&mut self, align: u64) -> Result<(), String> {
-        let rem = self.pos % align;
-        if rem != 0 {
-            let zeros = vec![0u8; (align - rem) as usize];
-            self.write(&zeros)?;
-        }
-        Ok(())
-    }
-}
-
-/// Collects pages into chunks, compresses and writes them.
-struct Chunker {
-    level: i32,
-    raw: Vec<u8>,
-    runs: Vec<PageRun>,
-    /// Whether each run's pages may be dropped from this copy once written.
-    droppable: Vec<bool>,
-    /// Set at a mapping boundary: a run never spans two mappings.
-    new_run: bool,
-    compressed: Vec<u8>,
-    cctx: *mut zstd_sys::ZSTD_CCtx,
-    _cctx_mem: Vec<u8>,
-    chunks: Vec<Chunk>,
-    bytes_raw: u64,
-    bytes_stored: u64,
-}
-
-impl Chunker {
-    fn new(level: i32) -> Result<Chunker, String> {
-        let raw = Vec::with_capacity(CHUNK_PAGES * PAGE);
-        // SAFETY: pure size computations.
-        let bound = unsafe { zstd_sys::ZSTD_compressBound(CHUNK_PAGES * PAGE) };
-        let (cctx, mem) = if level == 0 {
-            (core::ptr::null_mut(), Vec::new())
-        } else {
-            // SAFETY: pure size computation.
-            let size = unsafe { zstd_sys::ZSTD_estimateCCtxSize(level) };
-            let mut mem = vec![0u8; size + 64];
-            let aligned = (mem.as_mut_ptr() as usize + 7) & !7;
-            // SAFETY: `mem` outlives the context (kept in the Chunker) and is 8-aligned; a
-            // static context never allocates.
-            let cctx =
-                unsafe { zstd_sys::ZSTD_initStaticCCtx(aligned as *mut core::ffi::c_void, size) };
-            if cctx.is_null() {
-                return Err("cannot set up the zstd compression context".into());
-            }
-            (cctx, mem)
-        };
-        Ok(Chunker {
-            level,
-            raw,
-            runs: Vec::new(),
-            droppable: Vec::new(),
-            new_run: true,
-            compressed: vec![0u8; bound],
-            cctx,
-            _cctx_mem: mem,
-            chunks: Vec::new(),
-            bytes_raw: 0,
-            bytes_stored: 0,
-        })
-    }
-
-    fn add_page(
-        &mut self,
-        out: &mut Out,
-        addr: u64,
-        page: &[u8],
-        droppable: bool,
-    ) -> Result<(), String> {
-        let new_run = core::mem::replace(&mut self.new_run, false);
-        match self.runs.last_mut() {
-            Some(r)
-                if !new_run
-                    && r.addr + r.pages * PAGE_SIZE == addr
-                    && *self.droppable.last().unwrap_or(&false) == droppable =>
-            {
-                r.pages += 1
-            }
-            _ => {
-                self.runs.push(PageRun { addr, pages: 1 });
-                self.droppable.push(droppable);
+    fn write(&mut self, mut b: &[u8]) -> Result<(), String> {
+        while !b.is_empty() {
+            match sys::pwrite(self.fd, b, self.pos) {
+                Ok(0) => return Err(os_err("cannot write", &self.path, libc::EIO)),
+                Ok(n) => {
+                    b = &b[n..];
+                    self.pos += n as u64;
+                }
+                Err(libc::EINTR) => {}
+                Err(e) => return Err(os_err("cannot write", &self.path, e)),
             }
         }
-        self.raw.extend_from_slice(page);
-        if self.raw.len() >= CHUNK_PAGES * PAGE {
-            self.flush(out)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, out: &mut Out) -> Result<(), String> {
-        if self.raw.is_empty() {
-            return Ok(());
-        }
-        let mut compression = Compression::None;
-        let mut stored: &[u8] = &self.raw;
-        if !self.cctx.is_null() {
-            // SAFETY: cctx is a valid static context; src and dst are valid for their lengths.
-            let n = unsafe {
-                zstd_sys::ZSTD_compressCCtx(
-                    self.cctx,
-                    self.compressed.as_mut_ptr() as *mut core::ffi::c_void,
-                    self.compressed.len(),
-                    self.raw.as_ptr() as *const core::ffi::c_void,
-                    self.raw.len(),
-                    self.level,
-                )
-            };
-            // SAFETY: pure check of a return code.
-            if unsafe { zstd_sys::ZSTD_isError(n) } != 0 {
-                return Err("zstd compression failed".into());
-            }
-            if n < self.raw.len() {
-                compression = Compression::Zstd;
-                stored = &self.compressed[..n];
-            }
-        }
-        if compression == Compression::None {
-            // Store-only chunks are page-aligned so a restart could map them directly.
-            out.pad_to(PAGE_SIZE)?;
-        }
-        let offset = out.pos;
-        let crc = image::crc32(stored);
-        let stored_len = stored.len() as u64;
-        // Borrow juggling: write from the buffer we chose.
-        if compression == Compression::Zstd {
-            let n = stored.len();
-            let buf = core::mem::take(&mut self.compressed);
-            let r = out.write(&buf[..n]);
-            self.compressed = buf;
-            r?;
-        } else {
-            let buf = core::mem::take(&mut self.raw);
-            let r = out.write(&buf);
-            self.raw = buf;
-            r?;
-        }
-        self.bytes_raw += self.raw.len() as u64;
-        self.bytes_stored += stored_len;
-        // Once written, this copy of the pages is not needed: dropping it lets the running
-        // application write those pages without copying them.
-        for (r, &drop) in self.runs.iter().zip(&self.droppable) {
-            if drop {
-                // SAFETY: private anonymous pages of the application's snapshot that the
-                // writer never reads again (its own data is excluded from `droppable`).
-                let _ = unsafe {
-                    sys::madvise(
-                        r.addr as usize,
-                        (r.pages * PAGE_SIZE) as usize,
-                        libc::MADV_DONTNEED,
-                    )
-                };
-            }
-        }
-        self.chunks.push(Chunk {
-            offset,
-            stored_len,
-            raw_len: self.raw.len() as u64,
-            compression,
-            crc32: crc,
-            runs: core::mem::take(&mut self.runs),
-        });
-        self.droppable.clear();
-        self.raw.clear();
         Ok(())
     }
 }
@@ -484,7 +324,8 @@ fn write_body(
     let selfmem = sys::open(b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| os_err("cannot open", b"/proc/self/mem", e))?;
     let own = own_addresses(threads(cap));
-    let mut chunker = Chunker::new(rt.config.zstd_level)?;
+    let threads = rt.config.writer_threads.unwrap_or_else(sys::cpu_count);
+    let mut chunker = Chunker::new(rt.config.zstd_level, out.fd, out.pos, threads)?;
     let mut pm = vec![0u64; PAGEMAP_BATCH];
     let mut page_buf = vec![0u8; PAGE];
 
@@ -573,7 +414,7 @@ fn write_body(
             k => k,
         };
         if contents == Contents::Stored {
-            chunker.new_run = true;
+            chunker.break_run();
             // Dropping pages the writer itself may still use would break it: only the heap,
             // the main stack and large anonymous regions (malloc'd data), never a library's
             // .bss (anonymous, right after its file mapping) nor our own state.
@@ -633,7 +474,7 @@ fn write_body(
                         continue;
                     }
                     meta.stats.pages_stored += 1;
-                    chunker.add_page(out, addr, page, droppable)?;
+                    chunker.add_page(addr, page, droppable)?;
                 }
                 i += batch;
             }
@@ -658,13 +499,14 @@ fn write_body(
             contents,
         });
     }
-    chunker.flush(out)?;
+    let (chunks, chunks_end) = chunker.finish()?;
+    out.pos = chunks_end;
     sys::close(pagemap);
     sys::close(selfmem);
     meta.stats.bytes_raw = chunker.bytes_raw;
     meta.stats.bytes_stored = chunker.bytes_stored;
     meta.stats.zstd_level = rt.config.zstd_level;
-    meta.chunks = core::mem::take(&mut chunker.chunks);
+    meta.chunks = chunks;
 
     meta.stats.pause_ns = t_child.saturating_sub(cap.t_start_ns);
     meta.stats.write_ns = sys::monotonic_ns().saturating_sub(t_child);
