@@ -259,6 +259,8 @@ fn render(path: &Path, img: &ImageFile, regions: &[RegionStats]) -> String {
         let (how, reason) = match &fd.restore {
             FdRestore::Reopen => ("reopen", String::new()),
             FdRestore::Inherit => ("inherit", String::new()),
+            FdRestore::Recreate => ("recreate", String::new()),
+            FdRestore::Approximate { approximation } => ("approx", format!("  ({approximation})")),
             FdRestore::DevNull { reason } => ("/dev/null", format!("  ({reason})")),
         };
         let _ = writeln!(
@@ -358,8 +360,14 @@ fn fd_kind_name(k: &FdKind) -> &'static str {
         FdKind::Directory => "directory",
         FdKind::CharDevice { .. } => "chardev",
         FdKind::Tty { .. } => "tty",
-        FdKind::Pipe => "pipe",
-        FdKind::Socket => "socket",
+        FdKind::Pipe { .. } => "pipe",
+        FdKind::Socket { .. } => "socket",
+        FdKind::Eventfd { .. } => "eventfd",
+        FdKind::Timerfd { .. } => "timerfd",
+        FdKind::Signalfd { .. } => "signalfd",
+        FdKind::Epoll { .. } => "epoll",
+        FdKind::DeletedFile { .. } => "deleted",
+        FdKind::Memfd { .. } => "memfd",
         FdKind::Other => "other",
     }
 }

@@ -268,6 +268,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     match forked {
         Forked::Parent(child) => {
             release_threads();
+            close_pipe_copies(cap);
             WRITER_PID.store(child, Ordering::SeqCst);
             SEQ.store(cap.seq, Ordering::SeqCst);
             if report::log_enabled(LogLevel::Debug) {
@@ -296,6 +297,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         }
         Forked::Failed(errno) => {
             release_threads();
+            close_pipe_copies(cap);
             let mut msg = Line::new();
             msg.str("cannot fork the image writer: errno ")
                 .i64(errno as i64);
@@ -452,6 +454,9 @@ fn stuck_thread_message(tid: i32, rt: &Runtime) -> Line {
 /// writer changed, learn what the loader told us, and re-arm what the kernel did not keep.
 fn after_restore(trigger: Trigger) {
     crate::arena::leave_writer_mode();
+    // SAFETY: CHECKPOINT_BUSY is held by this thread. The pipe copies were the writer's:
+    // those numbers may be the program's descriptors now.
+    unsafe { (*CAPTURE.get()).n_pipe_copies = 0 };
     WRITER_PID.store(0, Ordering::SeqCst);
     // SAFETY: the loader wrote RESTORE_INFO before the process resumed; nothing else writes it.
     let info = unsafe { core::ptr::read_volatile(RESTORE_INFO.get()) };
@@ -627,6 +632,50 @@ fn capture_fd_offsets(cap: &mut Capture) {
         }
     });
     sys::close(dir);
+    copy_pipes(cap);
+}
+
+/// Pipe contents: the parent keeps reading the pipes after the fork, so their buffered bytes
+/// are copied now, with tee(2), which leaves them in place. The writer reads the copies.
+fn copy_pipes(cap: &mut Capture) {
+    cap.n_pipe_copies = 0;
+    for k in 0..cap.n_fds {
+        let fd = cap.fd_offsets[k].0;
+        let Ok(st) = sys::fstat(fd) else { continue };
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            continue;
+        }
+        let readable = sys::fcntl(fd, libc::F_GETFL, 0)
+            .map(|f| f as i32 & libc::O_ACCMODE != libc::O_WRONLY)
+            .unwrap_or(false);
+        let seen = cap.pipe_copies[..cap.n_pipe_copies]
+            .iter()
+            .any(|&(ino, _)| ino == st.st_ino);
+        if !readable || seen || cap.n_pipe_copies >= cap.pipe_copies.len() {
+            continue;
+        }
+        let size = sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).unwrap_or(65536);
+        let Ok((r, w)) = sys::pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK) else {
+            continue;
+        };
+        let _ = sys::fcntl(w, libc::F_SETPIPE_SZ, size);
+        let copied = sys::tee(fd, w, size).unwrap_or(0);
+        sys::close(w);
+        if copied == 0 {
+            sys::close(r);
+            continue;
+        }
+        cap.pipe_copies[cap.n_pipe_copies] = (st.st_ino, r);
+        cap.n_pipe_copies += 1;
+    }
+}
+
+/// The copies are the writer's: the application's process closes its handles after the fork.
+fn close_pipe_copies(cap: &mut Capture) {
+    for &(_, fd) in &cap.pipe_copies[..cap.n_pipe_copies] {
+        sys::close(fd);
+    }
+    cap.n_pipe_copies = 0;
 }
 
 /// Calls `f` with each numeric entry of the open directory `dir`.

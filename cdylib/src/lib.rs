@@ -11,6 +11,7 @@ mod arena;
 mod checkpoint;
 mod compress;
 pub mod config;
+mod fds;
 mod fixbuf;
 mod fork;
 mod interpose;

@@ -29,6 +29,8 @@ impl<T> Global<T> {
 }
 
 pub const MAX_FDS: usize = 4096;
+/// Most pipes whose buffered bytes a checkpoint saves.
+pub const MAX_PIPE_COPIES: usize = 64;
 
 /// How the checkpoint was asked for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,9 @@ pub struct Capture {
     pub fd_offsets: [(i32, i64); MAX_FDS],
     pub n_fds: usize,
     pub fds_truncated: bool,
+    /// Copies of pipe contents made with tee(2): (pipe inode, read fd of the copy).
+    pub pipe_copies: [(u64, i32); MAX_PIPE_COPIES],
+    pub n_pipe_copies: usize,
     /// Final image path; the writer creates `<out_path>.tmp` first.
     pub out_path: FixBuf<4096>,
     /// Where the result goes (`<runtime>/<pid>/report.<id>`).
@@ -142,6 +147,8 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     fd_offsets: [(0, 0); MAX_FDS],
     n_fds: 0,
     fds_truncated: false,
+    pipe_copies: [(0, -1); MAX_PIPE_COPIES],
+    n_pipe_copies: 0,
     out_path: FixBuf::new(),
     report_path: FixBuf::new(),
 });

@@ -543,3 +543,157 @@ pub fn cpu_count() -> usize {
         .sum::<usize>()
         .max(1)
 }
+
+pub fn getsockopt_int(fd: i32, level: i32, name: i32) -> Result<i32, i32> {
+    let mut v: i32 = 0;
+    let mut len: u32 = 4;
+    // SAFETY: v and len are writable and sized for an int option.
+    unsafe {
+        sc!(
+            libc::SYS_getsockopt,
+            fd,
+            level,
+            name,
+            &mut v as *mut i32,
+            &mut len as *mut u32
+        )
+    }
+    .map(|_| v)
+}
+
+/// `getsockname` (or `getpeername` with `peer`), as raw sockaddr bytes (empty on error).
+pub fn sockname(fd: i32, peer: bool) -> Vec<u8> {
+    let mut buf = [0u8; 128];
+    let mut len: u32 = 128;
+    let nr = if peer {
+        libc::SYS_getpeername
+    } else {
+        libc::SYS_getsockname
+    };
+    // SAFETY: buf and len are writable; the kernel writes at most len bytes.
+    match unsafe { sc!(nr, fd, buf.as_mut_ptr(), &mut len as *mut u32) } {
+        Ok(_) => buf[..(len as usize).min(128)].to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Reads queued bytes without consuming them.
+pub fn recv_peek(fd: i32, buf: &mut [u8]) -> SysResult {
+    // SAFETY: at most buf.len() bytes written; no address.
+    unsafe {
+        sc!(
+            libc::SYS_recvfrom,
+            fd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            0,
+            0
+        )
+    }
+}
+
+pub fn pipe2(flags: i32) -> Result<(i32, i32), i32> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is two writable ints.
+    unsafe { sc!(libc::SYS_pipe2, fds.as_mut_ptr(), flags) }.map(|_| (fds[0], fds[1]))
+}
+
+/// Copies up to `len` bytes from pipe `from` to pipe `to` without consuming them.
+pub fn tee(from: i32, to: i32, len: usize) -> SysResult {
+    // SAFETY: no memory arguments.
+    unsafe { sc!(libc::SYS_tee, from, to, len, libc::SPLICE_F_NONBLOCK) }
+}
+
+/// Unix socket inode -> peer inode, for every unix socket (NETLINK_SOCK_DIAG).
+pub fn unix_socket_peers() -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    // SAFETY: creating a socket has no memory effects.
+    let Ok(nl) = (unsafe {
+        sc!(
+            libc::SYS_socket,
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            4
+        )
+    }) else {
+        return out; // NETLINK_SOCK_DIAG = 4
+    };
+    let nl = nl as i32;
+    // nlmsghdr (16) + unix_diag_req (24).
+    let mut req = [0u8; 40];
+    req[0..4].copy_from_slice(&40u32.to_le_bytes());
+    req[4..6].copy_from_slice(&20u16.to_le_bytes()); // SOCK_DIAG_BY_FAMILY
+    req[6..8].copy_from_slice(&(0x1u16 | 0x300).to_le_bytes()); // NLM_F_REQUEST | NLM_F_DUMP
+    req[8..12].copy_from_slice(&1u32.to_le_bytes());
+    req[16] = libc::AF_UNIX as u8;
+    req[20..24].copy_from_slice(&u32::MAX.to_le_bytes()); // all states
+    req[28..32].copy_from_slice(&4u32.to_le_bytes()); // UDIAG_SHOW_PEER
+    let mut addr: libc::sockaddr_nl = unsafe_zeroed_nl();
+    addr.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: req and addr are valid for their lengths.
+    let sent = unsafe {
+        sc!(
+            libc::SYS_sendto,
+            nl,
+            req.as_ptr(),
+            req.len(),
+            0,
+            &addr as *const libc::sockaddr_nl,
+            core::mem::size_of::<libc::sockaddr_nl>()
+        )
+    };
+    if sent.is_err() {
+        close(nl);
+        return out;
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    'recv: loop {
+        let n = match read(nl, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut off = 0usize;
+        while off + 16 <= n {
+            let len =
+                u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+            let ty = u16::from_le_bytes([buf[off + 4], buf[off + 5]]);
+            if len < 16 || off + len > n {
+                break;
+            }
+            if ty == 3 || ty == 2 {
+                break 'recv; // NLMSG_DONE, NLMSG_ERROR
+            }
+            // unix_diag_msg: family, type, state, pad, ino (u32 at 4), cookie (8): 16 bytes.
+            let msg = off + 16;
+            if msg + 16 <= off + len {
+                let ino =
+                    u32::from_le_bytes([buf[msg + 4], buf[msg + 5], buf[msg + 6], buf[msg + 7]])
+                        as u64;
+                let mut peer = 0u64;
+                let mut a = msg + 16;
+                while a + 4 <= off + len {
+                    let alen = u16::from_le_bytes([buf[a], buf[a + 1]]) as usize;
+                    let aty = u16::from_le_bytes([buf[a + 2], buf[a + 3]]);
+                    if alen < 4 {
+                        break;
+                    }
+                    if aty == 2 && alen >= 8 {
+                        peer = u32::from_le_bytes([buf[a + 4], buf[a + 5], buf[a + 6], buf[a + 7]])
+                            as u64;
+                    }
+                    a += (alen + 3) & !3;
+                }
+                out.push((ino, peer));
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    close(nl);
+    out
+}
+
+fn unsafe_zeroed_nl() -> libc::sockaddr_nl {
+    // SAFETY: sockaddr_nl is plain data; all-zero is valid.
+    unsafe { core::mem::zeroed() }
+}

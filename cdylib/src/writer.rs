@@ -7,13 +7,13 @@
 //! anything that takes a lock; returning into the parent's stack frames.
 
 use forkpoint_image::{
-    self as image, AltStack, Contents, CpuInfo, FdEntry, FdKind, FdRestore, FileId, Footer, Header,
-    Mapping, MappingKind, Metadata, MmFields, ProcessInfo, Rlimit, Rseq, SigAction, ThreadState,
-    PAGE_SIZE,
+    self as image, AltStack, Contents, CpuInfo, DataBlob, FileId, Footer, Header, Mapping,
+    MappingKind, Metadata, MmFields, ProcessInfo, Rlimit, Rseq, SigAction, ThreadState, PAGE_SIZE,
 };
 
 use crate::compress::Chunker;
 use crate::config::LogLevel;
+use crate::fds::{self, FdContext, PipeCopy};
 use crate::fixbuf::FixBuf;
 use crate::procfs::{self, Plan};
 use crate::report;
@@ -312,7 +312,7 @@ fn write_body(
 
     let mut meta = Metadata::default();
     // Before the memory walk: it drops pages (the main stack holds argv and environ).
-    describe_process(cap, &mut meta);
+    describe_process(cap, &mut meta, out)?;
     let maps_text = read_proc_string(b"/proc/self/maps\0");
     let (arena_lo, arena_hi) = crate::arena::arena_range();
     let (stack_lo, stack_hi) = rt.child_stack;
@@ -531,7 +531,7 @@ fn write_body(
 }
 
 /// Everything but memory: process, thread, descriptors, signals, limits, CPU.
-fn describe_process(cap: &Capture, meta: &mut Metadata) {
+fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result<(), String> {
     let status = read_proc_string(b"/proc/self/status\0");
     let ids = |key: &str| -> (u32, u32) {
         let f: Vec<u32> = procfs::status_field(&status, key)
@@ -650,96 +650,33 @@ fn describe_process(cap: &Capture, meta: &mut Metadata) {
             crate::state::MAX_FDS
         ));
     }
+    let copies: Vec<PipeCopy> = cap.pipe_copies[..cap.n_pipe_copies]
+        .iter()
+        .map(|&(ino, copy_fd)| PipeCopy { ino, copy_fd })
+        .collect();
+    let ctx = FdContext::new(&cap.fd_offsets[..cap.n_fds], &copies);
+    let mut warnings = Vec::new();
     for &(fd, offset) in &cap.fd_offsets[..cap.n_fds] {
-        meta.fds.push(describe_fd(fd, offset, &mut meta.warnings));
+        let entry = fds::describe(&ctx, fd, offset, &mut warnings, &mut |bytes| {
+            store_blob(out, &mut meta.blobs, bytes)
+        })?;
+        meta.fds.push(entry);
     }
+    meta.fds.sort_by_key(|f| f.fd);
+    meta.warnings.extend(warnings);
+    Ok(())
 }
 
-fn describe_fd(fd: i32, offset: i64, warnings: &mut Vec<String>) -> FdEntry {
-    let mut link = FixBuf::<64>::new();
-    link.str("/proc/self/fd/").i64(fd as i64);
-    let path = readlink_string(link.as_cstr());
-    let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
-    let cloexec = sys::fcntl(fd, libc::F_GETFD, 0)
-        .map(|f| f as i32 & libc::FD_CLOEXEC != 0)
-        .unwrap_or(false);
-    let stdio = fd <= 2;
-    let (kind, restore) = match sys::fstat(fd) {
-        Ok(st) => match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG if path.starts_with('/') && !path.ends_with(" (deleted)") => (
-                FdKind::Regular {
-                    file: file_id(&path, &st),
-                },
-                FdRestore::Reopen,
-            ),
-            libc::S_IFREG => (
-                FdKind::Other,
-                FdRestore::DevNull {
-                    reason: "deleted or unnamed file (contents are not saved in this version)"
-                        .into(),
-                },
-            ),
-            libc::S_IFDIR => (FdKind::Directory, FdRestore::Reopen),
-            libc::S_IFCHR => {
-                let major = libc::major(st.st_rdev);
-                let tty = major == 4 || major == 5 || (136..=143).contains(&major);
-                if tty {
-                    if stdio {
-                        (FdKind::Tty { rdev: st.st_rdev }, FdRestore::Inherit)
-                    } else {
-                        (
-                            FdKind::Tty { rdev: st.st_rdev },
-                            FdRestore::DevNull {
-                                reason: "terminal other than stdin/stdout/stderr".into(),
-                            },
-                        )
-                    }
-                } else {
-                    (FdKind::CharDevice { rdev: st.st_rdev }, FdRestore::Reopen)
-                }
-            }
-            libc::S_IFIFO if stdio => (FdKind::Pipe, FdRestore::Inherit),
-            libc::S_IFIFO => (
-                FdKind::Pipe,
-                FdRestore::DevNull {
-                    reason: "pipe (not restored in this version)".into(),
-                },
-            ),
-            libc::S_IFSOCK if stdio => (FdKind::Socket, FdRestore::Inherit),
-            libc::S_IFSOCK => (
-                FdKind::Socket,
-                FdRestore::DevNull {
-                    reason: "socket (not restored in this version)".into(),
-                },
-            ),
-            _ => (
-                FdKind::Other,
-                FdRestore::DevNull {
-                    reason: format!("{path} is not restorable in this version"),
-                },
-            ),
-        },
-        Err(e) => (
-            FdKind::Other,
-            FdRestore::DevNull {
-                reason: format!("cannot stat: errno {e}"),
-            },
-        ),
-    };
-    if let FdRestore::DevNull { reason } = &restore {
-        warnings.push(format!(
-            "descriptor {fd} ({path}): {reason}; restored as /dev/null"
-        ));
-    }
-    FdEntry {
-        fd,
-        flags,
-        cloexec,
+/// Writes `bytes` at the current end of the image as a raw blob; returns its index.
+fn store_blob(out: &mut Out, blobs: &mut Vec<DataBlob>, bytes: &[u8]) -> Result<u32, String> {
+    let offset = out.pos;
+    out.write(bytes)?;
+    blobs.push(DataBlob {
         offset,
-        path,
-        kind,
-        restore,
-    }
+        len: bytes.len() as u64,
+        crc32: image::crc32(bytes),
+    });
+    Ok((blobs.len() - 1) as u32)
 }
 
 fn cpu_info(cap: &Capture) -> CpuInfo {

@@ -137,7 +137,7 @@ fn main() {
             cloexec: false,
             offset: -1,
             path: "socket:[999]".into(),
-            kind: FdKind::Socket,
+            kind: FdKind::Socket { socket: None },
             restore: FdRestore::DevNull {
                 reason: "connected TCP socket".into(),
             },

@@ -36,7 +36,7 @@ pub const FOOTER_MAGIC: [u8; 8] = *b"FPKINDEX";
 /// Format major version: a reader refuses any other major.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version: a reader refuses a newer minor (it may hold fields it would ignore).
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 pub const HEADER_LEN: usize = 64;
 pub const FOOTER_LEN: usize = 64;
 pub const PAGE_SIZE: u64 = 4096;

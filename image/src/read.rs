@@ -307,6 +307,27 @@ impl<R: ReadAt> ImageFile<R> {
         Ok(out)
     }
 
+    /// Reads blob `index` (pipe contents, deleted file, ...) and checks its CRC.
+    pub fn read_blob(&self, index: u32) -> Result<Vec<u8>, ReadError> {
+        let blob = self
+            .metadata
+            .blobs
+            .get(index as usize)
+            .ok_or(ReadError::Chunk {
+                index: index as usize,
+                reason: "no such blob".into(),
+            })?;
+        // Validation bounded the length by the file's data area.
+        let mut buf = vec![0u8; blob.len as usize];
+        read_exact_at(&self.source, &mut buf, blob.offset)?;
+        if crc32(&buf) != blob.crc32 {
+            return Err(ReadError::BadCrc {
+                what: format!("blob {index} (file offset {})", blob.offset),
+            });
+        }
+        Ok(buf)
+    }
+
     /// The chunk's entry in the page index.
     pub fn chunk(&self, index: usize) -> Result<&Chunk, ReadError> {
         self.metadata.chunks.get(index).ok_or(ReadError::Chunk {

@@ -20,6 +20,9 @@ pub struct Metadata {
     /// The page index: which pages each chunk holds, in chunk order.
     pub chunks: Vec<Chunk>,
     pub fds: Vec<FdEntry>,
+    /// Raw data referenced by descriptors (pipe contents, deleted files, memfds).
+    #[serde(default)]
+    pub blobs: Vec<DataBlob>,
     /// Dispositions of signals 1..=64 other than SIGKILL and SIGSTOP, as the kernel reports them.
     pub signals: Vec<SigAction>,
     pub rlimits: Vec<Rlimit>,
@@ -283,10 +286,91 @@ pub enum FdKind {
     Tty {
         rdev: u64,
     },
-    Pipe,
-    Socket,
-    /// Anything else: eventfd, epoll, deleted files, ... (`path` says what).
+    Pipe {
+        #[serde(default)]
+        pipe: Option<PipeInfo>,
+    },
+    Socket {
+        #[serde(default)]
+        socket: Option<SocketInfo>,
+    },
+    Eventfd {
+        count: u64,
+        semaphore: bool,
+    },
+    Timerfd {
+        clockid: i32,
+        /// Time to the next expiry (0: disarmed) and the period, nanoseconds.
+        value_ns: u64,
+        interval_ns: u64,
+    },
+    Signalfd {
+        mask: u64,
+    },
+    Epoll {
+        interest: Vec<EpollEntry>,
+    },
+    /// A regular file that was deleted while open: its contents are in a blob.
+    DeletedFile {
+        size: u64,
+        data: Option<u32>,
+    },
+    /// A memfd: name, seals and contents (in a blob).
+    Memfd {
+        name: String,
+        seals: u32,
+        size: u64,
+        data: Option<u32>,
+    },
+    /// Anything else (inotify, fanotify, perf, ...; `path` says what).
     Other,
+}
+
+/// One end of a pipe or FIFO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipeInfo {
+    /// pipefs inode: descriptors with the same one share the pipe.
+    pub ino: u64,
+    pub write_end: bool,
+    /// `F_GETPIPE_SZ`.
+    pub size: u64,
+    /// Blob holding the bytes buffered at the checkpoint (on one descriptor of the pipe).
+    pub data: Option<u32>,
+    /// The other end was held only outside the process.
+    pub other_end_outside: bool,
+}
+
+/// A socket: what is needed to recreate it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    pub ino: u64,
+    pub domain: i32,
+    pub sock_type: i32,
+    pub protocol: i32,
+    pub listening: bool,
+    /// `getsockname` and `getpeername`, raw sockaddr bytes (empty: none).
+    pub local: Vec<u8>,
+    pub peer: Vec<u8>,
+    /// For one end of a socketpair inside the process: the other end's inode.
+    pub pair: Option<u64>,
+    /// Blob holding the bytes queued for reading (stream sockets).
+    pub data: Option<u32>,
+}
+
+/// One registration in an epoll instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollEntry {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// Bytes stored raw in the chunk area (pipe contents, deleted files, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataBlob {
+    pub offset: u64,
+    pub len: u64,
+    pub crc32: u32,
 }
 
 /// How a restart brings the descriptor back.
@@ -297,6 +381,10 @@ pub enum FdRestore {
     Reopen,
     /// Standard stream taken from whoever runs `forkpoint restart`.
     Inherit,
+    /// Created again as it was (pipe, eventfd, timerfd, epoll, socket, memfd, ...).
+    Recreate,
+    /// Created again as the closest honest thing; `how` says what differs.
+    Approximate { approximation: String },
     /// Not restorable here: `/dev/null` in its place, and the reason.
     DevNull { reason: String },
 }

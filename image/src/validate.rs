@@ -89,6 +89,7 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
     validate_chunks(m, chunks_end)?;
     validate_threads(m)?;
     validate_fds(m)?;
+    validate_blobs(m, chunks_end)?;
     validate_signals(m)?;
     validate_rlimits(m)?;
     validate_mm(m)?;
@@ -366,6 +367,47 @@ fn validate_fds(m: &Metadata) -> Result<(), ValidationError> {
             ));
         }
         prev = Some(f.fd);
+    }
+    Ok(())
+}
+
+/// Largest raw blob (pipe contents, deleted file, memfd) a reader accepts.
+pub const MAX_BLOB_LEN: u64 = 1 << 30;
+/// Most registrations of one epoll instance.
+pub const MAX_EPOLL_ENTRIES: usize = 1 << 20;
+
+fn validate_blobs(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> {
+    for (i, b) in m.blobs.iter().enumerate() {
+        let end = b.offset.checked_add(b.len);
+        if b.offset < crate::FIRST_CHUNK_OFFSET
+            || b.len > MAX_BLOB_LEN
+            || end.is_none_or(|e| e > chunks_end)
+        {
+            return err(format!(
+                "blob {i} at {}+{} lies outside the data area or is too large",
+                b.offset, b.len
+            ));
+        }
+    }
+    let blob_ok = |x: &Option<u32>| x.is_none_or(|k| (k as usize) < m.blobs.len());
+    for f in &m.fds {
+        let ok = match &f.kind {
+            crate::FdKind::Pipe { pipe: Some(p) } => blob_ok(&p.data),
+            crate::FdKind::Socket { socket: Some(s) } => {
+                blob_ok(&s.data) && s.local.len() <= 128 && s.peer.len() <= 128
+            }
+            crate::FdKind::DeletedFile { data, size } | crate::FdKind::Memfd { data, size, .. } => {
+                blob_ok(data) && *size <= MAX_BLOB_LEN
+            }
+            crate::FdKind::Epoll { interest } => interest.len() <= MAX_EPOLL_ENTRIES,
+            _ => true,
+        };
+        if !ok {
+            return err(format!(
+                "descriptor {} refers to a missing blob or has oversized fields",
+                f.fd
+            ));
+        }
     }
     Ok(())
 }

@@ -888,7 +888,7 @@ fn test_serialized_names() {
             ..fd(3)
         },
         FdEntry {
-            kind: FdKind::Socket,
+            kind: FdKind::Socket { socket: None },
             restore: FdRestore::DevNull {
                 reason: "connected TCP socket".into(),
             },
@@ -954,7 +954,11 @@ fn test_serialized_names() {
             FdKind::CharDevice { rdev: 3 },
             r#"{"kind":"char_device","rdev":3}"#,
         ),
-        (FdKind::Pipe, r#"{"kind":"pipe"}"#),
+        (FdKind::Pipe { pipe: None }, r#"{"kind":"pipe","pipe":null}"#),
+        (
+            FdKind::Eventfd { count: 42, semaphore: true },
+            r#"{"kind":"eventfd","count":42,"semaphore":true}"#,
+        ),
         (FdKind::Other, r#"{"kind":"other"}"#),
     ] {
         assert_eq!(serde_json::to_string(&k).unwrap(), s);

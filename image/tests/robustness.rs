@@ -111,8 +111,9 @@ fn fd_entry() -> impl Strategy<Value = FdEntry> {
         Just(FdKind::Directory),
         any::<u64>().prop_map(|rdev| FdKind::CharDevice { rdev }),
         any::<u64>().prop_map(|rdev| FdKind::Tty { rdev }),
-        Just(FdKind::Pipe),
-        Just(FdKind::Socket),
+        Just(FdKind::Pipe { pipe: None }),
+        Just(FdKind::Socket { socket: None }),
+        Just(FdKind::Eventfd { count: 7, semaphore: false }),
         Just(FdKind::Other),
     ];
     let restore = prop_oneof![
@@ -314,6 +315,7 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 mappings,
                 chunks,
                 fds,
+                blobs: Vec::new(),
                 signals,
                 rlimits,
                 stats,

@@ -1,10 +1,15 @@
-//! Descriptors: opened before the point of no return at spare numbers, then moved onto the
-//! numbers the program had. Files are never truncated or created.
+//! Descriptors: every one is opened or created before the point of no return at a spare
+//! number, then moved onto the number the program had. Files are never truncated or
+//! created; pipes, sockets, eventfds, timerfds, signalfds and memfds are created anew with
+//! their saved state; epoll interest lists are filled in last, once their targets exist.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 
-use forkpoint_image::{FdRestore, Metadata};
+use forkpoint_image::{
+    EpollEntry, FdEntry, FdKind, FdRestore, ImageFile, Metadata, PipeInfo, SocketInfo,
+};
 
 use crate::RestoreError;
 
@@ -15,8 +20,27 @@ pub struct Prepared {
     pub cloexec: bool,
 }
 
+/// What `prepare` opened, and the epoll registrations to make once all are in place.
+pub struct PreparedFds {
+    pub fds: Vec<Prepared>,
+    pub epolls: Vec<(i32, Vec<EpollEntry>)>,
+}
+
 fn errno() -> io::Error {
     io::Error::last_os_error()
+}
+
+fn cvt(r: i32) -> io::Result<i32> {
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor of ours.
+    unsafe { libc::close(fd) };
 }
 
 fn open_path(path: &str, flags: i32) -> io::Result<i32> {
@@ -25,23 +49,50 @@ fn open_path(path: &str, flags: i32) -> io::Result<i32> {
     let keep =
         flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_TMPFILE);
     // SAFETY: NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), keep | libc::O_CLOEXEC | libc::O_NOCTTY) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    Ok(fd)
+    cvt(unsafe { libc::open(c.as_ptr(), keep | libc::O_CLOEXEC | libc::O_NOCTTY) })
 }
 
 /// Moves `fd` to a number at or above `min` (so placing the others cannot clobber it).
 fn lift(fd: i32, min: i32) -> io::Result<i32> {
     // SAFETY: plain fcntl on our own descriptor.
     let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
-    // SAFETY: closing our own temporary descriptor.
-    unsafe { libc::close(fd) };
-    if high < 0 {
-        return Err(errno());
+    close(fd);
+    cvt(high)
+}
+
+fn dup_lifted(fd: i32, min: i32) -> io::Result<i32> {
+    // SAFETY: plain fcntl on our own descriptor.
+    cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+fn write_all(fd: i32, mut b: &[u8]) -> io::Result<()> {
+    while !b.is_empty() {
+        // SAFETY: b is valid for its length.
+        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+        if n < 0 {
+            let e = errno();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        b = &b[n as usize..];
     }
-    Ok(high)
+    Ok(())
+}
+
+/// File status flags a recreated descriptor should carry.
+fn set_status_flags(fd: i32, flags: i32) {
+    let keep = flags & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC);
+    // SAFETY: plain fcntl on our own descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, keep) };
+}
+
+fn seek(fd: i32, offset: i64) {
+    if offset > 0 {
+        // SAFETY: lseek on our own descriptor.
+        unsafe { libc::lseek(fd, offset, libc::SEEK_SET) };
+    }
 }
 
 /// Lowest number above every descriptor the program had and every one we hold now.
@@ -57,16 +108,288 @@ pub fn spare_base(meta: &Metadata) -> i32 {
     max_target.max(max_own) + 1
 }
 
-/// Opens every descriptor to restore. Returns them and the warnings to show.
-pub fn prepare(meta: &Metadata, base: i32) -> Result<(Vec<Prepared>, Vec<String>), RestoreError> {
-    let mut out = Vec::new();
+/// Both ends of pipes created so far, by pipe inode.
+type Pipes = HashMap<u64, (i32, i32)>;
+/// Both ends of socketpairs created so far, by socket inode: (this end, other end).
+type Pairs = HashMap<u64, (i32, i32)>;
+
+fn pipe_end(img: &ImageFile, f: &FdEntry, p: &PipeInfo, pipes: &mut Pipes) -> io::Result<i32> {
+    let (r, w) = match pipes.get(&p.ino) {
+        Some(&ends) => ends,
+        None => {
+            let mut fds = [0i32; 2];
+            // SAFETY: fds is two writable ints.
+            cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+            // SAFETY: plain fcntl on our pipe.
+            unsafe {
+                libc::fcntl(
+                    fds[1],
+                    libc::F_SETPIPE_SZ,
+                    p.size.min(i32::MAX as u64) as i32,
+                )
+            };
+            pipes.insert(p.ino, (fds[0], fds[1]));
+            (fds[0], fds[1])
+        }
+    };
+    if let Some(blob) = p.data {
+        let bytes = img
+            .read_blob(blob)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        write_all(w, &bytes)?;
+    }
+    let _ = f;
+    Ok(if p.write_end { w } else { r })
+}
+
+fn sock_addr(bytes: &[u8]) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = bytes
+        .len()
+        .min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: copying n bytes into a struct of at least n bytes.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), &mut ss as *mut _ as *mut u8, n) };
+    (ss, n as libc::socklen_t)
+}
+
+/// The path of a unix socket address, if it names a file.
+fn unix_path(bytes: &[u8]) -> Option<String> {
+    let path = bytes.get(2..)?;
+    if path.first().is_none_or(|&c| c == 0) {
+        return None; // unnamed or abstract
+    }
+    let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
+    Some(String::from_utf8_lossy(&path[..end]).into_owned())
+}
+
+fn socket_fd(img: &ImageFile, f: &FdEntry, s: &SocketInfo, pairs: &mut Pairs) -> io::Result<i32> {
+    if let Some(peer) = s.pair {
+        let this = match pairs.get(&s.ino) {
+            Some(&(this, _)) => this,
+            None => {
+                let mut sv = [0i32; 2];
+                // SAFETY: sv is two writable ints.
+                cvt(unsafe {
+                    libc::socketpair(
+                        s.domain,
+                        s.sock_type | libc::SOCK_CLOEXEC,
+                        0,
+                        sv.as_mut_ptr(),
+                    )
+                })?;
+                pairs.insert(s.ino, (sv[0], sv[1]));
+                pairs.insert(peer, (sv[1], sv[0]));
+                sv[0]
+            }
+        };
+        // Bytes queued for reading on this end are written into the other end.
+        if let Some(blob) = s.data {
+            let bytes = img
+                .read_blob(blob)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let other = pairs.get(&s.ino).map(|&(_, o)| o).unwrap_or(-1);
+            write_all(other, &bytes)?;
+        }
+        return Ok(this);
+    }
+    if matches!(f.restore, FdRestore::Approximate { .. }) {
+        // Connected to a peer outside: a socket whose peer is gone.
+        let mut sv = [0i32; 2];
+        // SAFETY: sv is two writable ints.
+        cvt(unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                sv.as_mut_ptr(),
+            )
+        })?;
+        close(sv[1]);
+        return Ok(sv[0]);
+    }
+    // SAFETY: creating a socket.
+    let fd = cvt(unsafe { libc::socket(s.domain, s.sock_type | libc::SOCK_CLOEXEC, s.protocol) })?;
+    let fail = |fd: i32, e: io::Error| {
+        close(fd);
+        e
+    };
+    if !s.local.is_empty() && s.local.len() > 2 {
+        let one: i32 = 1;
+        // SAFETY: an int option.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const i32).cast(),
+                4,
+            )
+        };
+        if s.domain == libc::AF_UNIX {
+            if let Some(path) = unix_path(&s.local) {
+                // A stale socket file of the dead original: replace it.
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let (ss, len) = sock_addr(&s.local);
+        // SAFETY: ss holds len valid bytes of a sockaddr.
+        if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } != 0 {
+            let e = errno();
+            return Err(fail(
+                fd,
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot bind the saved address again: {e} (is it still taken?)"),
+                ),
+            ));
+        }
+    }
+    // SAFETY: listen on our socket.
+    if s.listening && unsafe { libc::listen(fd, 4096) } != 0 {
+        return Err(fail(fd, errno()));
+    }
+    Ok(fd)
+}
+
+fn deleted_file(img: &ImageFile, f: &FdEntry, data: Option<u32>) -> io::Result<i32> {
+    let original = f.path.trim_end_matches(" (deleted)");
+    let dir = std::path::Path::new(original)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let open_tmp = |dir: &str| -> io::Result<i32> {
+        let c = CString::new(dir).map_err(|_| io::Error::other("NUL in path"))?;
+        // SAFETY: NUL-terminated directory path.
+        cvt(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
+        })
+    };
+    let fd = open_tmp(&dir).or_else(|_| open_tmp("/tmp"))?;
+    if let Some(blob) = data {
+        let bytes = img
+            .read_blob(blob)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        write_all(fd, &bytes)?;
+    }
+    Ok(fd)
+}
+
+fn memfd(img: &ImageFile, name: &str, seals: u32, size: u64, data: Option<u32>) -> io::Result<i32> {
+    let c = CString::new(name).unwrap_or_default();
+    let flags = libc::MFD_CLOEXEC
+        | if seals != 0 {
+            libc::MFD_ALLOW_SEALING
+        } else {
+            0
+        };
+    // SAFETY: NUL-terminated name.
+    let fd = cvt(unsafe { libc::memfd_create(c.as_ptr(), flags) })?;
+    if let Some(blob) = data {
+        let bytes = img
+            .read_blob(blob)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        write_all(fd, &bytes)?;
+    }
+    // SAFETY: ftruncate of our memfd.
+    unsafe { libc::ftruncate(fd, size as i64) };
+    if seals != 0 {
+        // F_SEAL_SEAL last: it forbids adding the others.
+        // SAFETY: plain fcntl.
+        unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals as i32) };
+    }
+    Ok(fd)
+}
+
+fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) -> io::Result<i32> {
+    let nonblock = f.flags & libc::O_NONBLOCK != 0;
+    let fd = match &f.kind {
+        FdKind::Pipe { pipe: Some(p) } => dup_lifted(pipe_end(img, f, p, pipes)?, 3)?,
+        FdKind::Socket { socket: Some(s) } => dup_lifted(socket_fd(img, f, s, pairs)?, 3)?,
+        FdKind::Eventfd { count, semaphore } => {
+            let flags = libc::EFD_CLOEXEC | if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
+            // SAFETY: creating an eventfd.
+            let fd = cvt(unsafe { libc::eventfd(0, flags) })?;
+            if *count > 0 {
+                write_all(fd, &count.to_ne_bytes())?;
+            }
+            fd
+        }
+        FdKind::Timerfd {
+            clockid,
+            value_ns,
+            interval_ns,
+        } => {
+            // SAFETY: creating a timerfd.
+            let fd = cvt(unsafe { libc::timerfd_create(*clockid, libc::TFD_CLOEXEC) })?;
+            if *value_ns > 0 {
+                let ts = |ns: u64| libc::timespec {
+                    tv_sec: (ns / 1_000_000_000) as i64,
+                    tv_nsec: (ns % 1_000_000_000) as i64,
+                };
+                let spec = libc::itimerspec {
+                    it_interval: ts(*interval_ns),
+                    it_value: ts(*value_ns),
+                };
+                // SAFETY: spec is valid; old value not requested.
+                cvt(unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) })?;
+            }
+            fd
+        }
+        FdKind::Signalfd { mask } => {
+            // SAFETY: sigset_t is plain data; the kernel uses its first 8 bytes.
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: writing 8 bytes into a sigset_t.
+            unsafe { std::ptr::write_unaligned(&mut set as *mut _ as *mut u64, *mask) };
+            // SAFETY: creating a signalfd with a valid mask.
+            cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) })?
+        }
+        // SAFETY: creating an epoll instance.
+        FdKind::Epoll { .. } => cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?,
+        FdKind::DeletedFile { data, .. } => deleted_file(img, f, *data)?,
+        FdKind::Memfd {
+            name,
+            seals,
+            size,
+            data,
+        } => memfd(img, name, *seals, *size, *data)?,
+        _ => return Err(io::Error::other("no saved state to recreate it from")),
+    };
+    if nonblock || f.flags & libc::O_APPEND != 0 {
+        set_status_flags(fd, f.flags);
+    }
+    if matches!(f.kind, FdKind::DeletedFile { .. } | FdKind::Memfd { .. }) {
+        seek(fd, f.offset);
+    }
+    Ok(fd)
+}
+
+/// Opens or creates every descriptor to restore. Returns them and the warnings to show.
+pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>), RestoreError> {
+    let meta = &img.metadata;
+    let mut out = PreparedFds {
+        fds: Vec::new(),
+        epolls: Vec::new(),
+    };
     let mut warnings = Vec::new();
+    let mut pipes = Pipes::new();
+    let mut pairs = Pairs::new();
     for f in &meta.fds {
         let temp = match &f.restore {
             FdRestore::Inherit => {
                 // SAFETY: F_GETFD only queries.
                 if unsafe { libc::fcntl(f.fd, libc::F_GETFD) } < 0 {
-                    warnings.push(format!("descriptor {} ({}) was to be inherited, but this command has no descriptor {}: left closed", f.fd, f.path, f.fd));
+                    warnings.push(format!(
+                        "descriptor {} ({}) was to be inherited, but this command has no descriptor {}: left closed",
+                        f.fd, f.path, f.fd
+                    ));
                 }
                 continue;
             }
@@ -92,6 +415,14 @@ pub fn prepare(meta: &Metadata, base: i32) -> Result<(Vec<Prepared>, Vec<String>
                 }
                 fd
             }
+            FdRestore::Recreate | FdRestore::Approximate { .. } => {
+                create(img, f, &mut pipes, &mut pairs).map_err(|e| {
+                    RestoreError(format!(
+                        "cannot recreate descriptor {} ({}): {e}",
+                        f.fd, f.path
+                    ))
+                })?
+            }
             FdRestore::DevNull { .. } => {
                 // The image's warnings already say why.
                 let acc = f.flags & libc::O_ACCMODE;
@@ -101,18 +432,34 @@ pub fn prepare(meta: &Metadata, base: i32) -> Result<(Vec<Prepared>, Vec<String>
         };
         let temp = lift(temp, base)
             .map_err(|e| RestoreError(format!("cannot place descriptor {}: {e}", f.fd)))?;
-        out.push(Prepared {
+        if let FdKind::Epoll { interest } = &f.kind {
+            out.epolls.push((f.fd, interest.clone()));
+        }
+        out.fds.push(Prepared {
             target: f.fd,
             temp,
             cloexec: f.cloexec,
         });
     }
+    // The originals of pipes and socketpairs: each end now lives on in the descriptors that
+    // use it (an end no descriptor uses closes here: EOF or EPIPE, as for a peer outside).
+    for (r, w) in pipes.into_values() {
+        close(r);
+        close(w);
+    }
+    for (this, _) in pairs.into_values() {
+        close(this);
+    }
     Ok((out, warnings))
 }
 
-/// Closes every descriptor the program did not have, then moves the prepared ones into place.
-/// `keep` are descriptors the loader still needs (its error descriptor).
-pub fn install(meta: &Metadata, prepared: &[Prepared], keep: &[i32]) -> Result<(), RestoreError> {
+/// Closes every descriptor the program did not have, then moves the prepared ones into place,
+/// then registers the epoll interest lists (their targets exist now). Returns warnings.
+pub fn install(
+    meta: &Metadata,
+    prepared: &PreparedFds,
+    keep: &[i32],
+) -> Result<Vec<String>, RestoreError> {
     let inherited: Vec<i32> = meta
         .fds
         .iter()
@@ -124,14 +471,14 @@ pub fn install(meta: &Metadata, prepared: &[Prepared], keep: &[i32]) -> Result<(
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .collect();
     for fd in open_now {
-        let wanted =
-            inherited.contains(&fd) || keep.contains(&fd) || prepared.iter().any(|p| p.temp == fd);
+        let wanted = inherited.contains(&fd)
+            || keep.contains(&fd)
+            || prepared.fds.iter().any(|p| p.temp == fd);
         if !wanted {
-            // SAFETY: closing a descriptor nothing in the loader uses any more.
-            unsafe { libc::close(fd) };
+            close(fd);
         }
     }
-    for p in prepared {
+    for p in &prepared.fds {
         let flags = if p.cloexec { libc::O_CLOEXEC } else { 0 };
         // SAFETY: dup3 onto a number we just freed (or an inherited one the image replaces).
         if unsafe { libc::dup3(p.temp, p.target, flags) } < 0 {
@@ -141,8 +488,24 @@ pub fn install(meta: &Metadata, prepared: &[Prepared], keep: &[i32]) -> Result<(
                 errno()
             )));
         }
-        // SAFETY: our temporary copy.
-        unsafe { libc::close(p.temp) };
+        close(p.temp);
     }
-    Ok(())
+    let mut warnings = Vec::new();
+    for (epfd, entries) in &prepared.epolls {
+        for e in entries {
+            let mut ev = libc::epoll_event {
+                events: e.events,
+                u64: e.data,
+            };
+            // SAFETY: ev is a valid epoll_event.
+            if unsafe { libc::epoll_ctl(*epfd, libc::EPOLL_CTL_ADD, e.fd, &mut ev) } != 0 {
+                warnings.push(format!(
+                    "epoll {epfd}: cannot register descriptor {} again: {}",
+                    e.fd,
+                    errno()
+                ));
+            }
+        }
+    }
+    Ok(warnings)
 }

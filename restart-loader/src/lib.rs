@@ -107,10 +107,16 @@ pub fn restore(
 
     // Stage descriptors.
     let base = fds::spare_base(meta);
-    let (prepared, mut warnings) = fds::prepare(meta, base)?;
+    let (prepared, mut warnings) = fds::prepare(&img, base)?;
     warnings.extend(meta.warnings.iter().cloned());
     // SAFETY: duplicating our own stderr for the blob's messages.
-    let err_fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, base + prepared.len() as i32 + 1) };
+    let err_fd = unsafe {
+        libc::fcntl(
+            2,
+            libc::F_DUPFD_CLOEXEC,
+            base + prepared.fds.len() as i32 + 1,
+        )
+    };
 
     // Build the blob.
     // Debug (test) builds honour FORKPOINT_TEST_FAIL_STEP=N: step N of the restore program
@@ -167,7 +173,11 @@ pub fn restore(
     // The image descriptor is closed with every other descriptor the program did not have.
 
     // Point of no return: descriptors, process attributes, signals, then the blob.
-    fds::install(meta, &prepared, &[err_fd])?;
+    for w in fds::install(meta, &prepared, &[err_fd])? {
+        let line = format!("forkpoint restart: warning: {w}\n");
+        // SAFETY: writing our own buffer to the loader's error descriptor.
+        unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
+    }
     for r in &meta.rlimits {
         let lim = libc::rlimit {
             rlim_cur: r.cur,
