@@ -253,6 +253,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     slots[0].tid = me;
     capture_thread(&mut slots[0], rt, uctx);
     capture_fd_offsets(cap);
+    capture_timers(cap);
 
     let t_fork = sys::monotonic_ns();
     // SAFETY: slots[0].regs lives in a static; the child stack is ours alone (mapped at init,
@@ -667,6 +668,86 @@ fn copy_pipes(cap: &mut Capture) {
         }
         cap.pipe_copies[cap.n_pipe_copies] = (st.st_ino, r);
         cap.n_pipe_copies += 1;
+    }
+}
+
+/// Timers are not inherited by fork: read them now. Our own interval timer is not saved
+/// (a restored library arms a new one).
+fn capture_timers(cap: &mut Capture) {
+    for (k, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF]
+        .into_iter()
+        .enumerate()
+    {
+        cap.itimers[k] = sys::getitimer(which);
+    }
+    let mut pdeathsig = 0i32;
+    let _ = sys::prctl(
+        libc::PR_GET_PDEATHSIG,
+        &mut pdeathsig as *mut i32 as usize,
+        0,
+        0,
+        0,
+    );
+    cap.pdeathsig = pdeathsig;
+    // The raw getpriority returns 20 - nice (the writer may change its own nice later).
+    // SAFETY: no memory effects.
+    let prio = unsafe {
+        sys::syscall6(
+            libc::SYS_getpriority,
+            libc::PRIO_PROCESS as usize,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    cap.nice = if prio > 0 { 20 - prio as i32 } else { 0 };
+    let mut sub = 0i32;
+    let _ = sys::prctl(
+        libc::PR_GET_CHILD_SUBREAPER,
+        &mut sub as *mut i32 as usize,
+        0,
+        0,
+        0,
+    );
+    cap.child_subreaper = sub != 0;
+    cap.timers_text.clear();
+    cap.n_posix_timers = 0;
+    let Ok(fd) = sys::open(b"/proc/self/timers\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return;
+    };
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = sys::read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        cap.timers_text.push(&buf[..n]);
+    }
+    sys::close(fd);
+    let ours = TIMER_ID.load(Ordering::SeqCst);
+    let text = cap.timers_text.as_bytes();
+    let mut i = 0;
+    while i + 4 <= text.len() {
+        if &text[i..i + 4] == b"ID: " && (i == 0 || text[i - 1] == b'\n') {
+            let mut j = i + 4;
+            let mut id: i32 = 0;
+            while j < text.len() && text[j].is_ascii_digit() {
+                id = id
+                    .saturating_mul(10)
+                    .saturating_add((text[j] - b'0') as i32);
+                j += 1;
+            }
+            if id != ours && cap.n_posix_timers < cap.posix_timers.len() {
+                if let Ok((value, interval)) = sys::timer_gettime(id) {
+                    cap.posix_timers[cap.n_posix_timers] = (id, value, interval);
+                    cap.n_posix_timers += 1;
+                }
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
     }
 }
 

@@ -190,6 +190,32 @@ pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// One entry of `/proc/PID/timers`: (id, signo, sigev_value, notify kind, clockid).
+pub fn parse_timers(text: &str) -> Vec<(i32, i32, u64, String, i32)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(i32, i32, u64, String, i32)> = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("ID: ") {
+            if let Some(t) = cur.take() {
+                out.push(t);
+            }
+            cur = v.trim().parse().ok().map(|id| (id, 0, 0, String::new(), 0));
+        } else if let Some(t) = cur.as_mut() {
+            if let Some(v) = line.strip_prefix("signal: ") {
+                let (sig, val) = v.trim().split_once('/').unwrap_or((v.trim(), "0"));
+                t.1 = sig.parse().unwrap_or(0);
+                t.2 = u64::from_str_radix(val, 16).unwrap_or(0);
+            } else if let Some(v) = line.strip_prefix("notify: ") {
+                t.3 = v.split('/').next().unwrap_or("").to_string();
+            } else if let Some(v) = line.strip_prefix("ClockID: ") {
+                t.4 = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    out.extend(cur);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +289,18 @@ mod tests {
         assert!(!page_needs_saving(PM_PRESENT | PM_FILE_OR_SHARED, true));
         assert!(page_needs_saving(PM_PRESENT, true));
         assert!(page_needs_saving(PM_SWAPPED, true));
+    }
+
+    #[test]
+    fn timers_listing() {
+        let t = "ID: 0\nsignal: 62/0000000000000000\nnotify: signal/pid.7\nClockID: 1\nID: 3\nsignal: 14/00000000000000ff\nnotify: thread/tid.9\nClockID: 0\n";
+        assert_eq!(
+            parse_timers(t),
+            vec![
+                (0, 62, 0, "signal".into(), 1),
+                (3, 14, 0xff, "thread".into(), 0)
+            ]
+        );
     }
 
     #[test]

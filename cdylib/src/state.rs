@@ -31,6 +31,8 @@ impl<T> Global<T> {
 pub const MAX_FDS: usize = 4096;
 /// Most pipes whose buffered bytes a checkpoint saves.
 pub const MAX_PIPE_COPIES: usize = 64;
+/// Most POSIX timers a checkpoint saves.
+pub const MAX_POSIX_TIMERS: usize = 256;
 
 /// How the checkpoint was asked for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,15 @@ pub struct Capture {
     /// Copies of pipe contents made with tee(2): (pipe inode, read fd of the copy).
     pub pipe_copies: [(u64, i32); MAX_PIPE_COPIES],
     pub n_pipe_copies: usize,
+    /// getitimer(REAL, VIRTUAL, PROF): (value, interval) ns.
+    pub itimers: [(u64, u64); 3],
+    /// /proc/self/timers as read in the pause, and each timer's (id, value, interval) ns.
+    pub timers_text: FixBuf<16384>,
+    pub posix_timers: [(i32, u64, u64); MAX_POSIX_TIMERS],
+    pub n_posix_timers: usize,
+    pub pdeathsig: i32,
+    pub nice: i32,
+    pub child_subreaper: bool,
     /// Final image path; the writer creates `<out_path>.tmp` first.
     pub out_path: FixBuf<4096>,
     /// Where the result goes (`<runtime>/<pid>/report.<id>`).
@@ -149,6 +160,13 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     fds_truncated: false,
     pipe_copies: [(0, -1); MAX_PIPE_COPIES],
     n_pipe_copies: 0,
+    itimers: [(0, 0); 3],
+    timers_text: FixBuf::new(),
+    posix_timers: [(0, 0, 0); MAX_POSIX_TIMERS],
+    n_posix_timers: 0,
+    pdeathsig: 0,
+    nice: 0,
+    child_subreaper: false,
     out_path: FixBuf::new(),
     report_path: FixBuf::new(),
 });

@@ -697,3 +697,33 @@ fn unsafe_zeroed_nl() -> libc::sockaddr_nl {
     // SAFETY: sockaddr_nl is plain data; all-zero is valid.
     unsafe { core::mem::zeroed() }
 }
+
+fn timespec_ns(ts: &libc::timespec) -> u64 {
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// getitimer(which): (value, interval) in ns.
+pub fn getitimer(which: i32) -> (u64, u64) {
+    let mut it = [0i64; 4];
+    // SAFETY: struct itimerval is four longs.
+    let _ = unsafe { sc!(libc::SYS_getitimer, which, it.as_mut_ptr()) };
+    (
+        (it[2] as u64) * 1_000_000_000 + (it[3] as u64) * 1000,
+        (it[0] as u64) * 1_000_000_000 + (it[1] as u64) * 1000,
+    )
+}
+
+/// timer_gettime(id): (value, interval) in ns.
+pub fn timer_gettime(id: i32) -> Result<(u64, u64), i32> {
+    // SAFETY: itimerspec is plain data.
+    let mut spec: libc::itimerspec = unsafe { core::mem::zeroed() };
+    // SAFETY: spec is writable.
+    unsafe {
+        sc!(
+            libc::SYS_timer_gettime,
+            id,
+            &mut spec as *mut libc::itimerspec
+        )
+    }
+    .map(|_| (timespec_ns(&spec.it_value), timespec_ns(&spec.it_interval)))
+}

@@ -621,6 +621,36 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
 
     meta.cpu = cpu_info(cap);
 
+    let it = |k: usize| image::Itimer {
+        value_ns: cap.itimers[k].0,
+        interval_ns: cap.itimers[k].1,
+    };
+    meta.timers.itimers = [it(0), it(1), it(2)];
+    let listing = procfs::parse_timers(&String::from_utf8_lossy(cap.timers_text.as_bytes()));
+    for &(id, value_ns, interval_ns) in &cap.posix_timers[..cap.n_posix_timers] {
+        if let Some((_, signo, sigev_value, notify, clockid)) = listing.iter().find(|t| t.0 == id) {
+            meta.timers.posix.push(image::PosixTimer {
+                id,
+                clockid: *clockid,
+                notify: notify.clone(),
+                signo: *signo,
+                sigev_value: *sigev_value,
+                value_ns,
+                interval_ns,
+            });
+        }
+    }
+    // SAFETY: personality(0xffffffff) only queries.
+    let personality = unsafe { sys::syscall6(libc::SYS_personality, 0xffff_ffff, 0, 0, 0, 0, 0) };
+    meta.attributes = image::ProcessAttributes {
+        nice: cap.nice,
+        personality: personality.max(0) as u32,
+        no_new_privs: sys::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0).unwrap_or(0) == 1,
+        dumpable: sys::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).unwrap_or(1) as i32,
+        pdeathsig: cap.pdeathsig,
+        child_subreaper: cap.child_subreaper,
+    };
+
     for sig in 1..=64u32 {
         if sig == 9 || sig == 19 {
             continue;

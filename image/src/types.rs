@@ -23,6 +23,12 @@ pub struct Metadata {
     /// Raw data referenced by descriptors (pipe contents, deleted files, memfds).
     #[serde(default)]
     pub blobs: Vec<DataBlob>,
+    /// Process attributes besides credentials and limits.
+    #[serde(default)]
+    pub attributes: ProcessAttributes,
+    /// Interval timers and POSIX timers (fork does not inherit them: read in the pause).
+    #[serde(default)]
+    pub timers: Timers,
     /// Dispositions of signals 1..=64 other than SIGKILL and SIGSTOP, as the kernel reports them.
     pub signals: Vec<SigAction>,
     pub rlimits: Vec<Rlimit>,
@@ -324,6 +330,46 @@ pub enum FdKind {
     },
     /// Anything else (inotify, fanotify, perf, ...; `path` says what).
     Other,
+}
+
+/// Process attributes a restart sets again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessAttributes {
+    pub nice: i32,
+    pub personality: u32,
+    pub no_new_privs: bool,
+    pub dumpable: i32,
+    /// `PR_GET_PDEATHSIG` (0: none).
+    pub pdeathsig: i32,
+    pub child_subreaper: bool,
+}
+
+/// An interval timer (`setitimer`): time to the next expiry and period, nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Itimer {
+    pub value_ns: u64,
+    pub interval_ns: u64,
+}
+
+/// A POSIX timer (`timer_create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clockid: i32,
+    /// `signal`, `thread` or `none` (as /proc/PID/timers says).
+    pub notify: String,
+    pub signo: i32,
+    /// The sigevent value delivered with the signal.
+    pub sigev_value: u64,
+    pub value_ns: u64,
+    pub interval_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timers {
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
+    pub itimers: [Itimer; 3],
+    pub posix: Vec<PosixTimer>,
 }
 
 /// One end of a pipe or FIFO.

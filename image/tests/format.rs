@@ -954,9 +954,15 @@ fn test_serialized_names() {
             FdKind::CharDevice { rdev: 3 },
             r#"{"kind":"char_device","rdev":3}"#,
         ),
-        (FdKind::Pipe { pipe: None }, r#"{"kind":"pipe","pipe":null}"#),
         (
-            FdKind::Eventfd { count: 42, semaphore: true },
+            FdKind::Pipe { pipe: None },
+            r#"{"kind":"pipe","pipe":null}"#,
+        ),
+        (
+            FdKind::Eventfd {
+                count: 42,
+                semaphore: true,
+            },
             r#"{"kind":"eventfd","count":42,"semaphore":true}"#,
         ),
         (FdKind::Other, r#"{"kind":"other"}"#),

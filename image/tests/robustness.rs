@@ -113,7 +113,10 @@ fn fd_entry() -> impl Strategy<Value = FdEntry> {
         any::<u64>().prop_map(|rdev| FdKind::Tty { rdev }),
         Just(FdKind::Pipe { pipe: None }),
         Just(FdKind::Socket { socket: None }),
-        Just(FdKind::Eventfd { count: 7, semaphore: false }),
+        Just(FdKind::Eventfd {
+            count: 7,
+            semaphore: false
+        }),
         Just(FdKind::Other),
     ];
     let restore = prop_oneof![
@@ -316,6 +319,8 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 chunks,
                 fds,
                 blobs: Vec::new(),
+                attributes: Default::default(),
+                timers: Default::default(),
                 signals,
                 rlimits,
                 stats,

@@ -195,6 +195,11 @@ pub fn restore(
         sys::take_credentials(c).map_err(RestoreError)?;
     }
     sys::block_all_signals();
+    for w in sys::restore_timers_and_attributes(meta) {
+        let line = format!("forkpoint restart: warning: {w}\n");
+        // SAFETY: writing our own buffer to the loader's error descriptor.
+        unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
+    }
     for s in &meta.signals {
         let _ = sys::set_kernel_sigaction(s.signo, s.handler, s.flags, s.restorer, s.mask);
     }

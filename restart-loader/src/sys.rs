@@ -161,3 +161,146 @@ pub fn take_credentials(c: &crate::verify::Credentials) -> Result<(), String> {
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     Ok(())
 }
+
+fn itimerval(value_ns: u64, interval_ns: u64) -> libc::itimerval {
+    let tv = |ns: u64| libc::timeval {
+        tv_sec: (ns / 1_000_000_000) as i64,
+        tv_usec: ((ns % 1_000_000_000) / 1000) as i64,
+    };
+    libc::itimerval {
+        it_interval: tv(interval_ns),
+        it_value: tv(value_ns),
+    }
+}
+
+/// Re-arms the interval timers and POSIX timers (with their ids), and sets the process
+/// attributes. Returns what could not be done.
+pub fn restore_timers_and_attributes(meta: &forkpoint_image::Metadata) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let a = &meta.attributes;
+    // SAFETY: plain syscalls with integer arguments.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, a.nice) != 0 {
+            warnings.push(format!(
+                "cannot set nice value {}: {}",
+                a.nice,
+                io::Error::last_os_error()
+            ));
+        }
+        libc::personality(a.personality as libc::c_ulong);
+        if a.no_new_privs {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        }
+        libc::prctl(libc::PR_SET_DUMPABLE, a.dumpable as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            a.pdeathsig as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if a.child_subreaper {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+    }
+    for (k, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF]
+        .into_iter()
+        .enumerate()
+    {
+        let t = meta.timers.itimers[k];
+        if t.value_ns > 0 {
+            let v = itimerval(t.value_ns, t.interval_ns);
+            // SAFETY: v is a valid itimerval; old value not requested.
+            unsafe { libc::setitimer(which, &v, std::ptr::null_mut()) };
+        }
+    }
+    // POSIX timers keep their ids: Linux >= 6.15 lets timer_create take the id asked for.
+    const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+    // SAFETY: prctl with integer arguments.
+    let exact_ids = unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0) } == 0;
+    for t in &meta.timers.posix {
+        // SAFETY: sigevent is plain data.
+        let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+        ev.sigev_notify = match t.notify.as_str() {
+            "none" => libc::SIGEV_NONE,
+            "thread" => {
+                warnings.push(format!(
+                    "POSIX timer {} signalled one thread; it now signals the process",
+                    t.id
+                ));
+                libc::SIGEV_SIGNAL
+            }
+            _ => libc::SIGEV_SIGNAL,
+        };
+        ev.sigev_signo = t.signo;
+        ev.sigev_value = libc::sigval {
+            sival_ptr: t.sigev_value as usize as *mut libc::c_void,
+        };
+        let mut id: libc::timer_t = t.id as usize as libc::timer_t;
+        // SAFETY: ev and id are valid; with exact ids the kernel reads the wanted id from id.
+        let mut r = unsafe {
+            libc::syscall(
+                libc::SYS_timer_create,
+                t.clockid,
+                &ev as *const libc::sigevent,
+                &mut id as *mut libc::timer_t as *mut i32,
+            )
+        };
+        let mut got: i32 = id as usize as i32;
+        if !exact_ids {
+            // Older kernels hand out ids in order: create and drop placeholders up to it.
+            let mut spare = Vec::new();
+            while r == 0 && got < t.id {
+                spare.push(got);
+                let mut id2: i32 = 0;
+                // SAFETY: as above.
+                r = unsafe {
+                    libc::syscall(
+                        libc::SYS_timer_create,
+                        t.clockid,
+                        &ev as *const libc::sigevent,
+                        &mut id2 as *mut i32,
+                    )
+                };
+                got = id2;
+            }
+            for s in spare {
+                // SAFETY: deleting our own placeholder timer.
+                unsafe { libc::syscall(libc::SYS_timer_delete, s) };
+            }
+        }
+        if r != 0 || got != t.id {
+            warnings.push(format!(
+                "POSIX timer {} could not be recreated with its id (got {got}): {}",
+                t.id,
+                io::Error::last_os_error()
+            ));
+            continue;
+        }
+        if t.value_ns > 0 {
+            let ts = |ns: u64| libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as i64,
+                tv_nsec: (ns % 1_000_000_000) as i64,
+            };
+            let spec = libc::itimerspec {
+                it_interval: ts(t.interval_ns),
+                it_value: ts(t.value_ns),
+            };
+            // SAFETY: spec is valid; old value not requested.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_timer_settime,
+                    got,
+                    0,
+                    &spec as *const libc::itimerspec,
+                    0usize,
+                )
+            };
+        }
+    }
+    if exact_ids {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0) };
+    }
+    warnings
+}
