@@ -247,6 +247,9 @@ fn render(path: &Path, img: &ImageFile, regions: &[RegionStats]) -> String {
             fmt_bytes(r.stored_bytes),
             map.name
         );
+        if let Some(how) = &map.approximation {
+            let _ = writeln!(w, "      approximated: {how}");
+        }
     }
 
     let _ = writeln!(w, "descriptors {}", m.fds.len());
@@ -474,6 +477,7 @@ mod tests {
             name: String::new(),
             kind: MappingKind::Anonymous,
             contents: Contents::Stored,
+            approximation: None,
         }
     }
 

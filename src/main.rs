@@ -63,6 +63,10 @@ enum Command {
         /// Restore an image another user owns (it runs that image's code as you).
         #[arg(long)]
         allow_foreign_owner: bool,
+        /// Refuse an image holding anything that cannot be restored faithfully (a
+        /// descriptor restored as /dev/null or approximated, a mapping of a vanished file).
+        #[arg(long)]
+        strict: bool,
         /// The image file.
         #[arg(value_name = "IMAGE")]
         image: PathBuf,
@@ -149,11 +153,13 @@ fn main() -> ExitCode {
         Command::Restart {
             verbose,
             allow_foreign_owner,
+            strict,
             image,
         } => {
             let opts = forkpoint_restart_loader::RestoreOptions {
                 verbose,
                 allow_foreign_owner,
+                strict,
             };
             let err = match forkpoint_restart_loader::restore(&image, &opts) {
                 Ok(never) => match never {},

@@ -347,9 +347,11 @@ fn write_body(
                 name: e.name.clone(),
                 kind: MappingKind::Anonymous,
                 contents: Contents::Empty,
+                approximation: None,
             });
             continue;
         }
+        let mut approximation = None;
         let (kind, contents, private_file, read_all) = match procfs::plan_mapping(e) {
             Plan::Save(kind, contents) => (kind, contents, false, false),
             Plan::File { path, shared } => match sys::stat(&cpath(&path)) {
@@ -372,10 +374,14 @@ fn write_body(
                     }
                 }
                 _ => {
+                    let how = format!(
+                        "anonymous memory with the saved contents: {path} changed or vanished since it was mapped"
+                    );
                     meta.warnings.push(format!(
-                        "mapping {:#x}-{:#x}: {path} changed or vanished since it was mapped; its contents are saved and it is restored as anonymous memory",
+                        "mapping {:#x}-{:#x}: restored as {how}",
                         e.start, e.end
                     ));
+                    approximation = Some(how);
                     (
                         if shared {
                             MappingKind::SharedAnonymous
@@ -389,12 +395,19 @@ fn write_body(
                 }
             },
             Plan::Orphaned { shared, why } => {
+                let how = format!(
+                    "{} anonymous memory with the saved contents: {why}",
+                    if shared {
+                        "private (no longer shared)"
+                    } else {
+                        "private"
+                    }
+                );
                 meta.warnings.push(format!(
-                    "mapping {:#x}-{:#x}: {why}; its contents are saved and it is restored as {} anonymous memory",
-                    e.start,
-                    e.end,
-                    if shared { "private (no longer shared)" } else { "private" }
+                    "mapping {:#x}-{:#x}: restored as {how}",
+                    e.start, e.end
                 ));
+                approximation = Some(how);
                 (MappingKind::Anonymous, Contents::Stored, false, true)
             }
             Plan::Skip(why) => {
@@ -497,6 +510,7 @@ fn write_body(
             name: e.name.clone(),
             kind,
             contents,
+            approximation,
         });
     }
     let (chunks, chunks_end) = chunker.finish()?;

@@ -98,6 +98,7 @@ fn main() {
             name: name.into(),
             kind,
             contents,
+            approximation: None,
         });
         at += 0x10_0000;
     }
@@ -110,6 +111,7 @@ fn main() {
         name: "[vsyscall]".into(),
         kind: MappingKind::Vsyscall,
         contents: Contents::NotStored,
+        approximation: None,
     });
     m.mappings.sort_by_key(|x| x.start);
     m.fds = vec![

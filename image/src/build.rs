@@ -379,6 +379,7 @@ pub fn sample_metadata() -> Metadata {
             name: String::new(),
             kind: MappingKind::Anonymous,
             contents: Contents::Stored,
+            approximation: None,
         },
         Mapping {
             start: 0x2000_0000,
@@ -398,6 +399,7 @@ pub fn sample_metadata() -> Metadata {
                 },
             },
             contents: Contents::NotStored,
+            approximation: None,
         },
         Mapping {
             start: stack_end - 32 * PAGE_SIZE,
@@ -408,6 +410,7 @@ pub fn sample_metadata() -> Metadata {
             name: "[stack]".into(),
             kind: MappingKind::Stack,
             contents: Contents::Stored,
+            approximation: None,
         },
     ];
     m.threads = vec![ThreadState {

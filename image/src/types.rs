@@ -189,6 +189,9 @@ pub struct Mapping {
     pub name: String,
     pub kind: MappingKind,
     pub contents: Contents,
+    /// How the restored mapping differs from the original, if it does (`None`: faithful).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approximation: Option<String>,
 }
 
 /// Identity of a file as seen at checkpoint time; a restart checks it has not changed.

@@ -710,6 +710,7 @@ fn test_metadata_checks() {
                     name: "[vsyscall]".into(),
                     kind: MappingKind::Anonymous,
                     contents: Contents::NotStored,
+                    approximation: None,
                 })
             },
             &["mapping 3", "outside user space"],
@@ -759,6 +760,7 @@ fn test_metadata_checks() {
             name: "[vsyscall]".into(),
             kind: MappingKind::Vsyscall,
             contents: Contents::NotStored,
+            approximation: None,
         });
     });
     ImageFile::from_bytes(&b).unwrap();

@@ -77,6 +77,7 @@ fn mapping() -> impl Strategy<Value = Mapping> {
                 name,
                 kind,
                 contents,
+                approximation: None,
             },
         )
 }

@@ -24,6 +24,8 @@ pub struct RestoreOptions {
     pub verbose: bool,
     /// Restore an image owned by another user.
     pub allow_foreign_owner: bool,
+    /// Refuse an image that holds anything not faithfully restorable.
+    pub strict: bool,
 }
 
 /// Why a restore was refused.
@@ -59,6 +61,12 @@ pub fn restore(
     verify::check_owner(path, opts.allow_foreign_owner)?;
     let meta = &img.metadata;
     let creds = verify::credentials_to_take(meta)?;
+    if opts.strict && !meta.warnings.is_empty() {
+        return Err(RestoreError(format!(
+            "--strict: the image holds what cannot be restored faithfully:\n  {}",
+            meta.warnings.join("\n  ")
+        )));
+    }
     say(&format!(
         "read {}: {} mappings, {} chunks, {} descriptors",
         path.display(),

@@ -661,6 +661,7 @@ mod tests {
             name: String::new(),
             kind,
             contents: Contents::Stored,
+            approximation: None,
         }
     }
 
