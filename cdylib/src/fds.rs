@@ -6,7 +6,9 @@
 //! copied with `tee(2)` in the parent, socket data is peeked. The parsers of
 //! `/proc/self/fdinfo` below are pure and unit-tested.
 
-use forkpoint_image::{EpollEntry, FdEntry, FdKind, FdRestore, FileId, PipeInfo, SocketInfo};
+use forkpoint_image::{
+    EpollEntry, FdEntry, FdKind, FdRestore, FileId, FileLock, PipeInfo, SocketInfo,
+};
 
 use crate::fixbuf::FixBuf;
 use crate::sys;
@@ -492,6 +494,53 @@ fn describe_anon(fd: i32, path: &str) -> (FdKind, FdRestore) {
             },
         ),
     }
+}
+
+/// The file locks this process holds (POSIX locks by its pid; flock and OFD locks by
+/// whether one of its open file descriptions holds them).
+pub fn locks_held(pid: i32, fds: &[(i32, i64)]) -> Vec<FileLock> {
+    let text = read_text(b"/proc/locks\0");
+    let mut out = Vec::new();
+    for l in crate::procfs::parse_locks(&text) {
+        let matching = fds.iter().map(|&(fd, _)| fd).filter(|&fd| {
+            sys::fstat(fd).is_ok_and(|st| {
+                st.st_ino == l.inode
+                    && libc::major(st.st_dev) == l.dev_major
+                    && libc::minor(st.st_dev) == l.dev_minor
+            })
+        });
+        let len = l.end.map_or(0, |e| e + 1 - l.start);
+        let lock = |fd: i32, kind: &str| FileLock {
+            fd,
+            kind: kind.into(),
+            write: l.write,
+            start: l.start,
+            len,
+        };
+        match l.class.as_str() {
+            "POSIX" if l.pid == pid as i64 => {
+                if let Some(fd) = matching.into_iter().next() {
+                    out.push(lock(fd, "posix"));
+                }
+            }
+            "FLOCK" if l.pid == pid as i64 => {
+                if let Some(fd) = matching.into_iter().next() {
+                    out.push(lock(fd, "flock"));
+                }
+            }
+            "OFDLCK" => {
+                // Held by one of our descriptions if asking through it shows no conflict.
+                for fd in matching {
+                    if sys::ofd_lock_is_ours(fd, l.write, l.start, len) {
+                        out.push(lock(fd, "ofd"));
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]

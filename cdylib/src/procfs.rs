@@ -190,6 +190,58 @@ pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// One line of `/proc/locks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockLine {
+    /// `POSIX`, `FLOCK` or `OFDLCK`.
+    pub class: String,
+    pub write: bool,
+    pub pid: i64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    pub start: u64,
+    /// Inclusive end, None for EOF.
+    pub end: Option<u64>,
+}
+
+/// Parses `/proc/locks` (`1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF`); blocked
+/// waiters (`->` lines) are skipped.
+pub fn parse_locks(text: &str) -> Vec<LockLine> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let _n = it.next()?;
+            let class = it.next()?;
+            if class == "->" {
+                return None;
+            }
+            let _mode = it.next()?;
+            let rw = it.next()?;
+            let pid: i64 = it.next()?.parse().ok()?;
+            let mut dev = it.next()?.split(':');
+            let dev_major = u32::from_str_radix(dev.next()?, 16).ok()?;
+            let dev_minor = u32::from_str_radix(dev.next()?, 16).ok()?;
+            let inode = dev.next()?.parse().ok()?;
+            let start = it.next()?.parse().ok()?;
+            let end = match it.next()? {
+                "EOF" => None,
+                e => Some(e.parse().ok()?),
+            };
+            Some(LockLine {
+                class: class.to_string(),
+                write: rw == "WRITE",
+                pid,
+                dev_major,
+                dev_minor,
+                inode,
+                start,
+                end,
+            })
+        })
+        .collect()
+}
+
 /// One entry of `/proc/PID/timers`: (id, signo, sigev_value, notify kind, clockid).
 pub fn parse_timers(text: &str) -> Vec<(i32, i32, u64, String, i32)> {
     let mut out = Vec::new();
@@ -289,6 +341,28 @@ mod tests {
         assert!(!page_needs_saving(PM_PRESENT | PM_FILE_OR_SHARED, true));
         assert!(page_needs_saving(PM_PRESENT, true));
         assert!(page_needs_saving(PM_SWAPPED, true));
+    }
+
+    #[test]
+    fn locks_listing() {
+        let t = "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF\n1: -> POSIX  ADVISORY  WRITE 99 08:01:5678 0 EOF\n2: FLOCK  ADVISORY  READ 1234 fe:00:42 0 EOF\n3: OFDLCK ADVISORY  WRITE -1 fe:00:42 10 19\n";
+        let l = parse_locks(t);
+        assert_eq!(l.len(), 3);
+        assert_eq!(
+            (
+                l[0].class.as_str(),
+                l[0].write,
+                l[0].pid,
+                l[0].dev_major,
+                l[0].inode,
+                l[0].end
+            ),
+            ("POSIX", true, 1234, 8, 5678, None)
+        );
+        assert_eq!(
+            (l[2].class.as_str(), l[2].pid, l[2].start, l[2].end),
+            ("OFDLCK", -1, 10, Some(19))
+        );
     }
 
     #[test]

@@ -727,3 +727,24 @@ pub fn timer_gettime(id: i32) -> Result<(u64, u64), i32> {
     }
     .map(|_| (timespec_ns(&spec.it_value), timespec_ns(&spec.it_interval)))
 }
+
+/// Whether the open file description of `fd` itself holds an OFD lock over the range (asking
+/// through it shows no conflicting lock).
+pub fn ofd_lock_is_ours(fd: i32, write: bool, start: u64, len: u64) -> bool {
+    // SAFETY: flock is plain data.
+    let mut fl: libc::flock = unsafe { core::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start as i64;
+    fl.l_len = len as i64;
+    // SAFETY: fl is a writable struct flock.
+    let r = unsafe {
+        sc!(
+            libc::SYS_fcntl,
+            fd,
+            libc::F_OFD_GETLK,
+            &mut fl as *mut libc::flock
+        )
+    };
+    r.is_ok() && fl.l_type == libc::F_UNLCK as i16
+}

@@ -707,6 +707,7 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
         meta.fds.push(entry);
     }
     meta.fds.sort_by_key(|f| f.fd);
+    meta.locks = fds::locks_held(cap.pid, &cap.fd_offsets[..cap.n_fds]);
     meta.warnings.extend(warnings);
     Ok(())
 }

@@ -26,6 +26,9 @@ pub struct Metadata {
     /// Process attributes besides credentials and limits.
     #[serde(default)]
     pub attributes: ProcessAttributes,
+    /// File locks the process held, re-acquired at restart.
+    #[serde(default)]
+    pub locks: Vec<FileLock>,
     /// Interval timers and POSIX timers (fork does not inherit them: read in the pause).
     #[serde(default)]
     pub timers: Timers,
@@ -333,6 +336,20 @@ pub enum FdKind {
     },
     /// Anything else (inotify, fanotify, perf, ...; `path` says what).
     Other,
+}
+
+/// A file lock, on the file a descriptor refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    /// A descriptor of the process on the locked file (for `flock` and OFD locks: the one
+    /// whose open file description holds the lock).
+    pub fd: i32,
+    /// `posix` (fcntl F_SETLK), `ofd` (F_OFD_SETLK) or `flock`.
+    pub kind: String,
+    pub write: bool,
+    pub start: u64,
+    /// Length in bytes; 0 means to the end of the file.
+    pub len: u64,
 }
 
 /// Process attributes a restart sets again.

@@ -322,6 +322,7 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 blobs: Vec::new(),
                 attributes: Default::default(),
                 timers: Default::default(),
+                locks: Vec::new(),
                 signals,
                 rlimits,
                 stats,

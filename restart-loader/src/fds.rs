@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::io;
 
 use forkpoint_image::{
-    EpollEntry, FdEntry, FdKind, FdRestore, ImageFile, Metadata, PipeInfo, SocketInfo,
+    EpollEntry, FdEntry, FdKind, FdRestore, FileLock, ImageFile, Metadata, PipeInfo, SocketInfo,
 };
 
 use crate::RestoreError;
@@ -371,6 +371,45 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
     Ok(fd)
 }
 
+/// Takes lock `l` on `fd` (or, with `test_only`, checks that nothing else holds it).
+fn take_lock(fd: i32, l: &FileLock, test_only: bool) -> io::Result<()> {
+    if l.kind == "flock" {
+        let op = if l.write {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        // SAFETY: flock on our own descriptor.
+        return cvt(unsafe { libc::flock(fd, op) })
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), format!("{e} (another process holds it now)")));
+    }
+    // SAFETY: flock is plain data.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if l.write {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = l.start as i64;
+    fl.l_len = l.len as i64;
+    let cmd = match (l.kind.as_str(), test_only) {
+        ("ofd", _) => libc::F_OFD_SETLK,
+        (_, true) => libc::F_GETLK,
+        _ => libc::F_SETLK,
+    };
+    // SAFETY: fl is a valid struct flock.
+    cvt(unsafe { libc::fcntl(fd, cmd, &mut fl) })?;
+    if test_only && fl.l_type != libc::F_UNLCK as i16 {
+        return Err(io::Error::other(format!(
+            "process {} holds a conflicting lock now",
+            fl.l_pid
+        )));
+    }
+    Ok(())
+}
+
 /// Opens or creates every descriptor to restore. Returns them and the warnings to show.
 pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>), RestoreError> {
     let meta = &img.metadata;
@@ -441,6 +480,20 @@ pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>),
             cloexec: f.cloexec,
         });
     }
+    // Locks tied to open file descriptions (flock, OFD) are taken now, on the new
+    // descriptions; POSIX locks belong to the process and are dropped by any close of the
+    // file, so they are only checked now and taken once the descriptors are in place.
+    for l in &meta.locks {
+        let Some(p) = out.fds.iter().find(|p| p.target == l.fd) else {
+            continue;
+        };
+        take_lock(p.temp, l, l.kind == "posix").map_err(|e| {
+            RestoreError(format!(
+                "cannot take the {} lock on descriptor {} again: {e}",
+                l.kind, l.fd
+            ))
+        })?;
+    }
     // The originals of pipes and socketpairs: each end now lives on in the descriptors that
     // use it (an end no descriptor uses closes here: EOF or EPIPE, as for a peer outside).
     for (r, w) in pipes.into_values() {
@@ -491,6 +544,14 @@ pub fn install(
         close(p.temp);
     }
     let mut warnings = Vec::new();
+    for l in meta.locks.iter().filter(|l| l.kind == "posix") {
+        if let Err(e) = take_lock(l.fd, l, false) {
+            warnings.push(format!(
+                "cannot take the POSIX lock on descriptor {} again: {e}",
+                l.fd
+            ));
+        }
+    }
     for (epfd, entries) in &prepared.epolls {
         for e in entries {
             let mut ev = libc::epoll_event {
