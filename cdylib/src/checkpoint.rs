@@ -255,6 +255,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     capture_fd_offsets(cap);
     capture_timers(cap);
 
+    lift_fork_advice(cap);
     let t_fork = sys::monotonic_ns();
     // SAFETY: slots[0].regs lives in a static; the child stack is ours alone (mapped at init,
     // used only by writer children, each in its own address space).
@@ -268,6 +269,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     };
     match forked {
         Forked::Parent(child) => {
+            restore_fork_advice(cap);
             release_threads();
             close_pipe_copies(cap);
             WRITER_PID.store(child, Ordering::SeqCst);
@@ -297,6 +299,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
             release_threads();
         }
         Forked::Failed(errno) => {
+            restore_fork_advice(cap);
             release_threads();
             close_pipe_copies(cap);
             let mut msg = Line::new();
@@ -748,6 +751,42 @@ fn capture_timers(cap: &mut Capture) {
         } else {
             i += 1;
         }
+    }
+}
+
+/// Ranges the application keeps out of forks (MADV_DONTFORK) or wiped in them
+/// (MADV_WIPEONFORK) are made ordinary for our fork, so the writer sees them.
+fn lift_fork_advice(cap: &mut Capture) {
+    cap.n_advised = 0;
+    for (s, l) in &crate::interpose::ADVISED {
+        let start = s.load(Ordering::SeqCst);
+        let lw = l.load(Ordering::SeqCst);
+        if start == 0 || lw == 0 || cap.n_advised >= cap.advised.len() {
+            continue;
+        }
+        let (len, wipe) = (lw >> 1, lw & 1 == 1);
+        let lift = if wipe {
+            libc::MADV_KEEPONFORK
+        } else {
+            libc::MADV_DOFORK
+        };
+        // SAFETY: changes only how the range is inherited by a fork.
+        if unsafe { sys::madvise(start as usize, len as usize, lift) }.is_ok() {
+            cap.advised[cap.n_advised] = (start, len, wipe);
+            cap.n_advised += 1;
+        }
+    }
+}
+
+fn restore_fork_advice(cap: &Capture) {
+    for &(start, len, wipe) in &cap.advised[..cap.n_advised] {
+        let advice = if wipe {
+            libc::MADV_WIPEONFORK
+        } else {
+            libc::MADV_DONTFORK
+        };
+        // SAFETY: puts back the application's own advice.
+        let _ = unsafe { sys::madvise(start as usize, len as usize, advice) };
     }
 }
 

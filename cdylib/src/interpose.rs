@@ -416,3 +416,60 @@ pub unsafe extern "C" fn signalfd(fd: c_int, mask: *const libc::sigset_t, flags:
         flags
     )
 }
+
+/// Ranges the application marked MADV_DONTFORK or MADV_WIPEONFORK: the writer child would
+/// not see them (or see them zeroed), so the checkpoint lifts the advice around its fork.
+pub const MAX_ADVISED: usize = 64;
+/// (start, len << 1 | wipe): start 0 = free slot. Lock-free: the handler may read it while
+/// the application updates it in another thread.
+pub static ADVISED: [(AtomicU64, AtomicU64); MAX_ADVISED] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_ADVISED];
+
+fn record_advice(start: u64, len: u64, advice: c_int) {
+    match advice {
+        libc::MADV_DONTFORK | libc::MADV_WIPEONFORK => {
+            let wipe = (advice == libc::MADV_WIPEONFORK) as u64;
+            for (s, l) in &ADVISED {
+                if s.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    l.store(len << 1 | wipe, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        libc::MADV_DOFORK | libc::MADV_KEEPONFORK => {
+            for (s, l) in &ADVISED {
+                if s.load(Ordering::SeqCst) == start && l.load(Ordering::SeqCst) >> 1 == len {
+                    l.store(0, Ordering::SeqCst);
+                    s.store(0, Ordering::SeqCst);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// # Safety
+/// As `madvise(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    // SAFETY: the caller's contract is madvise's.
+    let r = unsafe {
+        sys::syscall6(
+            libc::SYS_madvise,
+            addr as usize,
+            len,
+            advice as usize,
+            0,
+            0,
+            0,
+        )
+    };
+    if r < 0 {
+        set_errno((-r) as c_int);
+        return -1;
+    }
+    record_advice(addr as u64, len as u64, advice);
+    0
+}

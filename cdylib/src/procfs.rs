@@ -190,6 +190,24 @@ pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// Ranges whose `VmFlags` in an smaps listing include `flag` (e.g. `lo`: mlocked).
+pub fn smaps_ranges_with_flag(text: &str, flag: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut cur = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some((s, e)) = cur {
+                if flags.split_whitespace().any(|f| f == flag) {
+                    out.push((s, e));
+                }
+            }
+        } else if let Some(e) = parse_maps_line(line) {
+            cur = Some((e.start, e.end));
+        }
+    }
+    out
+}
+
 /// One line of `/proc/locks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockLine {
@@ -341,6 +359,12 @@ mod tests {
         assert!(!page_needs_saving(PM_PRESENT | PM_FILE_OR_SHARED, true));
         assert!(page_needs_saving(PM_PRESENT, true));
         assert!(page_needs_saving(PM_SWAPPED, true));
+    }
+
+    #[test]
+    fn smaps_flags() {
+        let t = "1000-3000 rw-p 00000000 00:00 0 \nRss: 8 kB\nVmFlags: rd wr mr mw me lo ac\n5000-6000 r--p 00000000 00:00 0 \nVmFlags: rd mr\n";
+        assert_eq!(smaps_ranges_with_flag(t, "lo"), vec![(0x1000, 0x3000)]);
     }
 
     #[test]

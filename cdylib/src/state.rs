@@ -137,6 +137,9 @@ pub struct Capture {
     pub posix_timers: [(i32, u64, u64); MAX_POSIX_TIMERS],
     pub n_posix_timers: usize,
     pub pdeathsig: i32,
+    /// MADV_DONTFORK / WIPEONFORK ranges lifted for the fork: (start, len, wipe).
+    pub advised: [(u64, u64, bool); 64],
+    pub n_advised: usize,
     pub nice: i32,
     pub child_subreaper: bool,
     /// Final image path; the writer creates `<out_path>.tmp` first.
@@ -165,6 +168,8 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     posix_timers: [(0, 0, 0); MAX_POSIX_TIMERS],
     n_posix_timers: 0,
     pdeathsig: 0,
+    advised: [(0, 0, false); 64],
+    n_advised: 0,
     nice: 0,
     child_subreaper: false,
     out_path: FixBuf::new(),

@@ -707,6 +707,25 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
         meta.fds.push(entry);
     }
     meta.fds.sort_by_key(|f| f.fd);
+    for &(start, len, wipe) in &cap.advised[..cap.n_advised] {
+        let advice = if wipe { "wipeonfork" } else { "dontfork" };
+        meta.memory_advice.push(image::MemoryAdvice {
+            start,
+            len,
+            advice: advice.into(),
+        });
+    }
+    // mlock is not inherited by fork: the parent's smaps says which ranges it locked.
+    let mut smaps = FixBuf::<64>::new();
+    smaps.str("/proc/").i64(cap.pid as i64).str("/smaps");
+    let smaps_text = read_proc_string(smaps.as_cstr());
+    for (start, end) in procfs::smaps_ranges_with_flag(&smaps_text, "lo") {
+        meta.memory_advice.push(image::MemoryAdvice {
+            start,
+            len: end - start,
+            advice: "mlock".into(),
+        });
+    }
     meta.locks = fds::locks_held(cap.pid, &cap.fd_offsets[..cap.n_fds]);
     meta.warnings.extend(warnings);
     Ok(())

@@ -26,6 +26,9 @@ pub struct Metadata {
     /// Process attributes besides credentials and limits.
     #[serde(default)]
     pub attributes: ProcessAttributes,
+    /// madvise(DONTFORK / WIPEONFORK) and mlock'ed ranges, applied again at restart.
+    #[serde(default)]
+    pub memory_advice: Vec<MemoryAdvice>,
     /// File locks the process held, re-acquired at restart.
     #[serde(default)]
     pub locks: Vec<FileLock>,
@@ -336,6 +339,15 @@ pub enum FdKind {
     },
     /// Anything else (inotify, fanotify, perf, ...; `path` says what).
     Other,
+}
+
+/// A range with a property fork or the kernel does not carry over by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryAdvice {
+    pub start: u64,
+    pub len: u64,
+    /// `dontfork`, `wipeonfork` or `mlock`.
+    pub advice: String,
 }
 
 /// A file lock, on the file a descriptor refers to.

@@ -323,6 +323,7 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 attributes: Default::default(),
                 timers: Default::default(),
                 locks: Vec::new(),
+                memory_advice: Vec::new(),
                 signals,
                 rlimits,
                 stats,

@@ -112,11 +112,13 @@ pub fn restore(
     );
     stage::patch(meta, &stage_map, leftover, pid)?;
     stage::protect(meta, &layout)?;
+    let advice_warnings = stage::apply_memory_advice(meta, &stage_map);
 
     // Stage descriptors.
     let base = fds::spare_base(meta);
     let (prepared, mut warnings) = fds::prepare(&img, base)?;
     warnings.extend(meta.warnings.iter().cloned());
+    warnings.extend(advice_warnings);
     // SAFETY: duplicating our own stderr for the blob's messages.
     let err_fd = unsafe {
         libc::fcntl(

@@ -233,3 +233,36 @@ pub fn protect(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError> {
     }
     Ok(())
 }
+
+/// Applies the saved madvise/mlock properties to the staged regions (they move with them).
+pub fn apply_memory_advice(meta: &Metadata, stage: &StageMap) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for a in &meta.memory_advice {
+        let Some(at) = stage.translate(a.start, a.len) else {
+            warnings.push(format!(
+                "{} range {:#x}+{:#x} is not in a restored mapping",
+                a.advice, a.start, a.len
+            ));
+            continue;
+        };
+        // SAFETY: staged memory of ours; these calls change only paging properties.
+        let r = unsafe {
+            match a.advice.as_str() {
+                "dontfork" => libc::madvise(at as *mut _, a.len as usize, libc::MADV_DONTFORK),
+                "wipeonfork" => libc::madvise(at as *mut _, a.len as usize, libc::MADV_WIPEONFORK),
+                "mlock" => libc::mlock(at as *const _, a.len as usize),
+                _ => 0,
+            }
+        };
+        if r != 0 {
+            warnings.push(format!(
+                "cannot apply {} to {:#x}+{:#x}: {}",
+                a.advice,
+                a.start,
+                a.len,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    warnings
+}
