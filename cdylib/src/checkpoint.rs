@@ -256,6 +256,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     capture_timers(cap);
 
     lift_fork_advice(cap);
+    copy_shared_memory(cap);
     let t_fork = sys::monotonic_ns();
     // SAFETY: slots[0].regs lives in a static; the child stack is ours alone (mapped at init,
     // used only by writer children, each in its own address space).
@@ -270,6 +271,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     match forked {
         Forked::Parent(child) => {
             restore_fork_advice(cap);
+            drop_shared_copies(cap);
             release_threads();
             close_pipe_copies(cap);
             WRITER_PID.store(child, Ordering::SeqCst);
@@ -300,6 +302,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         }
         Forked::Failed(errno) => {
             restore_fork_advice(cap);
+            drop_shared_copies(cap);
             release_threads();
             close_pipe_copies(cap);
             let mut msg = Line::new();
@@ -458,9 +461,12 @@ fn stuck_thread_message(tid: i32, rt: &Runtime) -> Line {
 /// writer changed, learn what the loader told us, and re-arm what the kernel did not keep.
 fn after_restore(trigger: Trigger) {
     crate::arena::leave_writer_mode();
-    // SAFETY: CHECKPOINT_BUSY is held by this thread. The pipe copies were the writer's:
-    // those numbers may be the program's descriptors now.
-    unsafe { (*CAPTURE.get()).n_pipe_copies = 0 };
+    // SAFETY: CHECKPOINT_BUSY is held by this thread. The pipe and memory copies were the
+    // writer's: those numbers and addresses may be the program's now.
+    unsafe {
+        (*CAPTURE.get()).n_pipe_copies = 0;
+        (*CAPTURE.get()).n_shared_copies = 0;
+    }
     WRITER_PID.store(0, Ordering::SeqCst);
     // SAFETY: the loader wrote RESTORE_INFO before the process resumed; nothing else writes it.
     let info = unsafe { core::ptr::read_volatile(RESTORE_INFO.get()) };
@@ -754,6 +760,110 @@ fn capture_timers(cap: &mut Capture) {
     }
 }
 
+/// Most bytes of shared memory copied in the pause; beyond it the writer reads the live pages.
+const MAX_SHARED_COPY: u64 = 256 << 20;
+
+/// Shared writable anonymous memory (MAP_SHARED|MAP_ANONYMOUS, SysV, memfd, /dev/zero) is
+/// not protected by copy-on-write: the application goes on writing it after the fork. Copy
+/// it now, while the threads are stopped, so the image is consistent.
+fn copy_shared_memory(cap: &mut Capture) {
+    cap.n_shared_copies = 0;
+    cap.maps_text.clear();
+    let Ok(fd) = sys::open(b"/proc/self/maps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sys::read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        cap.maps_text.push(&buf[..n]);
+    }
+    sys::close(fd);
+    let mut budget = MAX_SHARED_COPY;
+    let text = cap.maps_text.as_bytes();
+    for line in text.split(|&c| c == b'\n') {
+        let Some((start, end, perms, inode, name)) = split_maps_line(line) else {
+            continue;
+        };
+        let shared_anon = inode == 0
+            || name.starts_with(b"/SYSV")
+            || name.starts_with(b"/memfd:")
+            || name.starts_with(b"/dev/zero");
+        if perms.len() < 4
+            || perms[3] != b's'
+            || perms[1] != b'w'
+            || perms[0] != b'r'
+            || !shared_anon
+        {
+            continue;
+        }
+        let len = end - start;
+        if len > budget || cap.n_shared_copies >= cap.shared_copies.len() {
+            continue;
+        }
+        // SAFETY: a fresh private anonymous mapping.
+        let Ok(copy) = (unsafe {
+            sys::mmap(
+                0,
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        }) else {
+            continue;
+        };
+        // SAFETY: both ranges are mapped readable/writable for len bytes and distinct.
+        unsafe {
+            core::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len as usize)
+        };
+        budget -= len;
+        cap.shared_copies[cap.n_shared_copies] = (start, len, copy as u64);
+        cap.n_shared_copies += 1;
+    }
+}
+
+fn drop_shared_copies(cap: &mut Capture) {
+    for &(_, len, copy) in &cap.shared_copies[..cap.n_shared_copies] {
+        // SAFETY: our own copy, used only by the writer child (which has its own).
+        let _ = unsafe { sys::munmap(copy as usize, len as usize) };
+    }
+    cap.n_shared_copies = 0;
+}
+
+/// `start-end perms offset dev inode name` without allocating.
+fn split_maps_line(line: &[u8]) -> Option<(u64, u64, &[u8], u64, &[u8])> {
+    let mut fields = line.splitn(6, |&c| c == b' ');
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let _offset = fields.next()?;
+    let _dev = fields.next()?;
+    let inode = fields.next()?;
+    let name = fields.next().unwrap_or(b"");
+    let name = &name[name.iter().position(|&c| c != b' ').unwrap_or(name.len())..];
+    let dash = range.iter().position(|&c| c == b'-')?;
+    let hex = |b: &[u8]| -> Option<u64> {
+        let mut v = 0u64;
+        for &c in b {
+            v = v.checked_mul(16)? + (c as char).to_digit(16)? as u64;
+        }
+        Some(v)
+    };
+    let mut ino = 0u64;
+    for &c in inode {
+        ino = ino.checked_mul(10)? + (c as char).to_digit(10)? as u64;
+    }
+    Some((
+        hex(&range[..dash])?,
+        hex(&range[dash + 1..])?,
+        perms,
+        ino,
+        name,
+    ))
+}
+
 /// Ranges the application keeps out of forks (MADV_DONTFORK) or wiped in them
 /// (MADV_WIPEONFORK) are made ordinary for our fork, so the writer sees them.
 fn lift_fork_advice(cap: &mut Capture) {
@@ -850,6 +960,25 @@ fn parse_number(name: &[u8]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_lines_without_allocating() {
+        let (s, e, p, ino, name) = split_maps_line(
+            b"7f00-7f10 rw-s 00000000 00:01 1234                       /SYSV00000000 (deleted)",
+        )
+        .unwrap();
+        assert_eq!(
+            (s, e, p, ino, name),
+            (
+                0x7f00,
+                0x7f10,
+                &b"rw-s"[..],
+                1234,
+                &b"/SYSV00000000 (deleted)"[..]
+            )
+        );
+        assert!(split_maps_line(b"").is_none());
+    }
 
     #[test]
     fn dirent_names() {

@@ -113,6 +113,19 @@ pub fn plan_mapping(e: &MapsEntry) -> Plan {
         {
             Plan::Save(anon_kind(e.shared), Contents::Stored)
         }
+        // MAP_SHARED|MAP_ANONYMOUS memory is a /dev/zero mapping to the kernel.
+        _ if name.starts_with("/dev/zero") => Plan::Save(anon_kind(e.shared), Contents::Stored),
+        _ if name.starts_with("/SYSV") => Plan::Orphaned {
+            shared: e.shared,
+            why: "a SysV shared memory segment (the segment itself is not recreated)".into(),
+        },
+        _ if name.starts_with("/memfd:") => Plan::Orphaned {
+            shared: e.shared,
+            why: format!(
+                "{} is a memfd (the mapping is no longer tied to the descriptor)",
+                name.trim_end_matches(DELETED)
+            ),
+        },
         _ if name.starts_with('/') && e.inode != 0 => {
             if let Some(path) = name.strip_suffix(DELETED) {
                 Plan::Orphaned {

@@ -137,6 +137,12 @@ pub struct Capture {
     pub posix_timers: [(i32, u64, u64); MAX_POSIX_TIMERS],
     pub n_posix_timers: usize,
     pub pdeathsig: i32,
+    /// Private copies of shared writable anonymous memory, made in the pause (the
+    /// application writes the shared pages on after the fork): (start, len, copy address).
+    pub shared_copies: [(u64, u64, u64); 32],
+    pub n_shared_copies: usize,
+    /// /proc/self/maps, read in the pause.
+    pub maps_text: FixBuf<262144>,
     /// MADV_DONTFORK / WIPEONFORK ranges lifted for the fork: (start, len, wipe).
     pub advised: [(u64, u64, bool); 64],
     pub n_advised: usize,
@@ -168,6 +174,9 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     posix_timers: [(0, 0, 0); MAX_POSIX_TIMERS],
     n_posix_timers: 0,
     pdeathsig: 0,
+    shared_copies: [(0, 0, 0); 32],
+    n_shared_copies: 0,
+    maps_text: FixBuf::new(),
     advised: [(0, 0, false); 64],
     n_advised: 0,
     nice: 0,

@@ -318,7 +318,11 @@ fn write_body(
     let (stack_lo, stack_hi) = rt.child_stack;
     let entries = procfs::parse_maps(&maps_text);
     let entries = procfs::split_around(entries, arena_lo as u64, arena_hi as u64);
-    let entries = procfs::split_around(entries, stack_lo as u64, stack_hi as u64);
+    let mut entries = procfs::split_around(entries, stack_lo as u64, stack_hi as u64);
+    let copies = &cap.shared_copies[..cap.n_shared_copies];
+    for &(_, len, buf) in copies {
+        entries = procfs::split_around(entries, buf, buf + len);
+    }
     let pagemap = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| os_err("cannot open", b"/proc/self/pagemap", e))?;
     let selfmem = sys::open(b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
@@ -335,6 +339,12 @@ fn write_body(
         let prev = prev_entry;
         if e.start >= arena_lo as u64 && e.end <= arena_hi as u64 {
             continue; // the writer's own arena
+        }
+        if copies
+            .iter()
+            .any(|&(_, len, buf)| e.start >= buf && e.end <= buf + len)
+        {
+            continue; // the pause's copies of shared memory (saved as that memory)
         }
         meta.stats.pages_mapped += (e.end - e.start) / PAGE_SIZE;
         if e.start >= stack_lo as u64 && e.end <= stack_hi as u64 {
@@ -397,24 +407,28 @@ fn write_body(
             Plan::Orphaned { shared, why } => {
                 let how = format!(
                     "{} anonymous memory with the saved contents: {why}",
-                    if shared {
-                        "private (no longer shared)"
-                    } else {
-                        "private"
-                    }
+                    if shared { "shared" } else { "private" }
                 );
                 meta.warnings.push(format!(
                     "mapping {:#x}-{:#x}: restored as {how}",
                     e.start, e.end
                 ));
                 approximation = Some(how);
-                (MappingKind::Anonymous, Contents::Stored, false, true)
+                let kind = if shared {
+                    MappingKind::SharedAnonymous
+                } else {
+                    MappingKind::Anonymous
+                };
+                (kind, Contents::Stored, false, true)
             }
             Plan::Skip(why) => {
                 meta.warnings.push(why);
                 continue;
             }
         };
+        // Fork leaves shared pages out of the child's page tables: pagemap cannot tell which
+        // are in use, so every page is read (holes read as zero and are skipped).
+        let read_all = read_all || matches!(kind, MappingKind::SharedAnonymous);
         let kind = match kind {
             MappingKind::Vdso { .. } => {
                 let len = (e.end - e.start) as usize;
@@ -468,7 +482,15 @@ fn write_body(
                         }
                         continue;
                     }
-                    let page: &[u8] = if readable_direct {
+                    let copied = cap.shared_copies[..cap.n_shared_copies]
+                        .iter()
+                        .find(|&&(s, l, _)| addr >= s && addr < s + l)
+                        .map(|&(s, _, buf)| buf + (addr - s));
+                    let page: &[u8] = if let Some(src) = copied {
+                        // SAFETY: the private copy the parent made of this shared page during
+                        // the pause (mapped, readable, as long as the mapping).
+                        unsafe { core::slice::from_raw_parts(src as *const u8, PAGE) }
+                    } else if readable_direct {
                         // SAFETY: a readable page of our own address space, present per pagemap.
                         unsafe { core::slice::from_raw_parts(addr as *const u8, PAGE) }
                     } else {
