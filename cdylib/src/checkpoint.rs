@@ -833,8 +833,17 @@ fn drop_shared_copies(cap: &mut Capture) {
     cap.n_shared_copies = 0;
 }
 
+/// One line of /proc/self/maps, borrowed.
+struct MapsLine<'a> {
+    start: u64,
+    end: u64,
+    perms: &'a [u8],
+    inode: u64,
+    name: &'a [u8],
+}
+
 /// `start-end perms offset dev inode name` without allocating.
-fn split_maps_line(line: &[u8]) -> Option<(u64, u64, &[u8], u64, &[u8])> {
+fn split_maps_line(line: &[u8]) -> Option<MapsLine<'_>> {
     let mut fields = line.splitn(6, |&c| c == b' ');
     let range = fields.next()?;
     let perms = fields.next()?;
