@@ -783,7 +783,14 @@ fn copy_shared_memory(cap: &mut Capture) {
     let mut budget = MAX_SHARED_COPY;
     let text = cap.maps_text.as_bytes();
     for line in text.split(|&c| c == b'\n') {
-        let Some((start, end, perms, inode, name)) = split_maps_line(line) else {
+        let Some(MapsLine {
+            start,
+            end,
+            perms,
+            inode,
+            name,
+        }) = split_maps_line(line)
+        else {
             continue;
         };
         let shared_anon = inode == 0
@@ -864,13 +871,13 @@ fn split_maps_line(line: &[u8]) -> Option<MapsLine<'_>> {
     for &c in inode {
         ino = ino.checked_mul(10)? + (c as char).to_digit(10)? as u64;
     }
-    Some((
-        hex(&range[..dash])?,
-        hex(&range[dash + 1..])?,
+    Some(MapsLine {
+        start: hex(&range[..dash])?,
+        end: hex(&range[dash + 1..])?,
         perms,
-        ino,
+        inode: ino,
         name,
-    ))
+    })
 }
 
 /// Ranges the application keeps out of forks (MADV_DONTFORK) or wiped in them
@@ -972,12 +979,12 @@ mod tests {
 
     #[test]
     fn maps_lines_without_allocating() {
-        let (s, e, p, ino, name) = split_maps_line(
+        let l = split_maps_line(
             b"7f00-7f10 rw-s 00000000 00:01 1234                       /SYSV00000000 (deleted)",
         )
         .unwrap();
         assert_eq!(
-            (s, e, p, ino, name),
+            (l.start, l.end, l.perms, l.inode, l.name),
             (
                 0x7f00,
                 0x7f10,
