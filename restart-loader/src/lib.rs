@@ -129,6 +129,22 @@ pub fn restore(
     };
 
     // Build the blob.
+    let exe_fd = verify::may_set_exe()
+        .then(|| {
+            let c = std::ffi::CString::new(meta.process.exe.as_str()).ok()?;
+            // SAFETY: NUL-terminated path; a descriptor for the blob's prctl.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            // SAFETY: moving it above the program's descriptors.
+            (fd >= 0).then(|| unsafe {
+                libc::fcntl(
+                    fd,
+                    libc::F_DUPFD_CLOEXEC,
+                    base + prepared.fds.len() as i32 + 2,
+                )
+            })
+        })
+        .flatten()
+        .filter(|&fd| fd >= 0);
     // Debug (test) builds honour FORKPOINT_TEST_FAIL_STEP=N: step N of the restore program
     // fails, to test that the message names it. Release builds ignore it.
     let fail_step = if cfg!(debug_assertions) {
@@ -143,6 +159,7 @@ pub fn restore(
         layout: &layout,
         vdso: &vdso,
         err_fd,
+        exe_fd,
         fail_step,
     };
     let data_at = layout.blob_start + PAGE_SIZE;
@@ -183,7 +200,8 @@ pub fn restore(
     // The image descriptor is closed with every other descriptor the program did not have.
 
     // Point of no return: descriptors, process attributes, signals, then the blob.
-    for w in fds::install(meta, &prepared, &[err_fd])? {
+    let keep: Vec<i32> = [Some(err_fd), exe_fd].into_iter().flatten().collect();
+    for w in fds::install(meta, &prepared, &keep)? {
         let line = format!("forkpoint restart: warning: {w}\n");
         // SAFETY: writing our own buffer to the loader's error descriptor.
         unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };

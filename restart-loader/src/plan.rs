@@ -217,6 +217,8 @@ pub struct ProgramInputs<'a> {
     /// The loader's vdso mappings with their target addresses.
     pub vdso: &'a [(Area, u64)],
     pub err_fd: i32,
+    /// The program's executable, opened, when this process may set /proc/self/exe.
+    pub exe_fd: Option<i32>,
     /// Test builds only: make this step (1-based) of the main thread's program fail.
     pub fail_step: Option<usize>,
 }
@@ -541,6 +543,25 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
         auxv_at,
     ]);
     map.extend_from_slice(&(auxv_bytes.len() as u32).to_le_bytes());
+    // With the privilege for it, /proc/self/exe names the program again (exe_fd); the same
+    // call without it follows, so brk and argv are set either way.
+    if let Some(fd) = inp.exe_fd {
+        let mut with_exe = map.clone();
+        with_exe.extend_from_slice(&(fd as u32).to_le_bytes());
+        let at = d.put(&with_exe, 8);
+        steps.add(
+            SYS_PRCTL,
+            [PR_SET_MM, PR_SET_MM_MAP, at, with_exe.len() as u64, 0, 0],
+            MAY_FAIL,
+            "prctl(PR_SET_MM_MAP) with exe_fd: /proc/self/exe stays forkpoint's; continuing".into(),
+        );
+        steps.add(
+            SYS_CLOSE,
+            [fd as u64, 0, 0, 0, 0, 0],
+            MAY_FAIL,
+            "close of the exe descriptor".into(),
+        );
+    }
     map.extend_from_slice(&(-1i32).to_le_bytes()); // exe_fd: keep
     let map_at = d.put(&map, 8);
     steps.add(

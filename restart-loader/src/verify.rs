@@ -186,6 +186,17 @@ pub fn check_vdso(meta: &Metadata, loader: &[Area]) -> Result<(), RestoreError> 
     Ok(())
 }
 
+/// Whether this process may change /proc/self/exe (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
+pub fn may_set_exe() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << 21) != 0 || eff & (1 << 40) != 0
+}
+
 /// An image is code and data that will run as the caller: refuse one another user owns.
 pub fn check_owner(path: &std::path::Path, allow_foreign: bool) -> Result<(), RestoreError> {
     let md =
