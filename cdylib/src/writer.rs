@@ -678,7 +678,14 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
     }
     // SAFETY: personality(0xffffffff) only queries.
     let personality = unsafe { sys::syscall6(libc::SYS_personality, 0xffff_ffff, 0, 0, 0, 0, 0) };
+    let caps = |key: &str| {
+        procfs::status_field(&status, key)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
     meta.attributes = image::ProcessAttributes {
+        cap_effective: caps("CapEff"),
+        cap_permitted: caps("CapPrm"),
         nice: cap.nice,
         personality: personality.max(0) as u32,
         no_new_privs: sys::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0).unwrap_or(0) == 1,

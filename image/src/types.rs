@@ -364,9 +364,13 @@ pub struct FileLock {
     pub len: u64,
 }
 
-/// Process attributes a restart sets again.
+/// Process attributes a restart sets again (or checks).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProcessAttributes {
+    /// Effective and permitted capability sets (`/proc/self/status`); checked at restart.
+    pub cap_effective: u64,
+    pub cap_permitted: u64,
     pub nice: i32,
     pub personality: u32,
     pub no_new_privs: bool,

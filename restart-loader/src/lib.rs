@@ -119,6 +119,7 @@ pub fn restore(
     let (prepared, mut warnings) = fds::prepare(&img, base)?;
     warnings.extend(meta.warnings.iter().cloned());
     warnings.extend(advice_warnings);
+    warnings.extend(verify::credential_warnings(meta, creds.as_ref()));
     // SAFETY: duplicating our own stderr for the blob's messages.
     let err_fd = unsafe {
         libc::fcntl(

@@ -186,6 +186,36 @@ pub fn check_vdso(meta: &Metadata, loader: &[Area]) -> Result<(), RestoreError> 
     Ok(())
 }
 
+/// What differs between the image's credentials and the ones the restored program will
+/// have (it runs as whoever restores it, or, for root, as the image's user).
+pub fn credential_warnings(meta: &Metadata, taking: Option<&Credentials>) -> Vec<String> {
+    let mut w = Vec::new();
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = taking.map_or((uid, gid), |c| (c.uid, c.gid));
+    let p = &meta.process;
+    if p.uid != uid || p.gid != gid {
+        w.push(format!(
+            "the image was taken from uid {} gid {}; the program now runs as uid {uid} gid {gid}",
+            p.uid, p.gid
+        ));
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let eff = if taking.is_some() { 0 } else { eff };
+    let missing = meta.attributes.cap_effective & !eff;
+    if missing != 0 {
+        w.push(format!(
+            "the program had capabilities {missing:#x} that it does not have now: privileged operations may fail"
+        ));
+    }
+    w
+}
+
 /// Whether this process may change /proc/self/exe (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
 pub fn may_set_exe() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
