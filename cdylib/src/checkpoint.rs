@@ -57,6 +57,19 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
             return;
         }
     }
+    // Requests from another user (only root can signal us at all) are refused; root, such as
+    // a batch scheduler, may ask.
+    if matches!(code, SI_QUEUE | 0) {
+        // SAFETY: SI_QUEUE and SI_USER siginfo carry the sender's uid.
+        let uid = unsafe { info.si_uid() };
+        if uid != 0 && uid != sys::getuid() {
+            let mut l = Line::new();
+            l.str("refusing a checkpoint request from uid ")
+                .u64(uid as u64);
+            report::log(LogLevel::Info, l.as_bytes());
+            return;
+        }
+    }
     let (trigger, id) = match code {
         // SAFETY: SI_QUEUE carries a sigval; forkpoint checkpoint puts the request id there.
         SI_QUEUE => (
@@ -521,10 +534,12 @@ fn after_restore(trigger: Trigger) {
     report::log(LogLevel::Info, l.as_bytes());
 }
 
+/// A request is honoured only if its file is still there and is ours: another user cannot
+/// choose where our memory is written.
 fn request_pending(pid: i32, id: u64) -> bool {
     let mut req = FixBuf::<4096>::new();
     report::runtime_file(&mut req, pid, "request", id);
-    sys::stat(req.as_cstr()).is_ok()
+    sys::stat(req.as_cstr()).is_ok_and(|st| st.st_uid == sys::getuid())
 }
 
 fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {

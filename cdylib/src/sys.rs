@@ -228,6 +228,11 @@ pub fn getppid() -> i32 {
     unsafe { sc!(libc::SYS_getppid) }.unwrap_or(0) as i32
 }
 
+pub fn getuid() -> u32 {
+    // SAFETY: no memory effects.
+    unsafe { sc!(libc::SYS_getuid) }.unwrap_or(0) as u32
+}
+
 pub fn gettid() -> i32 {
     // SAFETY: no memory effects.
     unsafe { sc!(libc::SYS_gettid) }.unwrap_or(0) as i32
