@@ -428,6 +428,8 @@ fn process_slot(sh: &Shared, i: usize) {
             }
         }
     }
+    // Start writing it back now, so the final fsync has little left to wait for.
+    sys::sync_file_range_start(sh.fd, offset, stored_len as u64);
     d.offset = offset;
     d.stored_len = stored_len as u64;
     d.crc32 = image::crc32(bytes);
