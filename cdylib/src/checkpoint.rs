@@ -50,10 +50,16 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
     // SAFETY: SI_TKILL siginfo carries the sender's pid (reading it for other codes only
     // reads a plain integer of the union).
     let sender = unsafe { info.si_pid() };
-    if code == SI_TKILL && QUIESCE.active.load(Ordering::SeqCst) && sender == sys::getpid() {
+    if code == SI_TKILL && sender == sys::getpid() {
         let me = sys::gettid();
-        if me != QUIESCE.leader_tid.load(Ordering::SeqCst) {
+        if QUIESCE.active.load(Ordering::SeqCst) && me != QUIESCE.leader_tid.load(Ordering::SeqCst)
+        {
             stop_this_thread(me, uctx);
+            return;
+        }
+        if !API_PENDING.load(Ordering::SeqCst) {
+            // A stop request of an abandoned checkpoint, delivered late (the thread had the
+            // signal blocked): nothing to do.
             return;
         }
     }

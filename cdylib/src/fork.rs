@@ -89,10 +89,13 @@ extern "C" {
 /// Saves the registers a restored thread resumes with. Returns false now, and true when the
 /// thread resumes in a restored process.
 ///
+/// Inlined on purpose: the resume point must be in the caller's own frame, which stays alive
+/// while the thread waits (a frame of a function that returned would be overwritten).
+///
 /// # Safety
 /// `regs` must be valid for writes; the caller's frame must stay as it is until the
 /// checkpoint that uses these registers has forked.
-#[inline(never)]
+#[inline(always)]
 pub unsafe fn save_resume_point(regs: *mut ResumeRegs) -> bool {
     // SAFETY: the caller's contract; fp_save_context follows the C ABI.
     unsafe { fp_save_context(regs) == forkpoint_image::RESUME_RESTORED }

@@ -757,5 +757,13 @@ pub fn ofd_lock_is_ours(fd: i32, write: bool, start: u64, len: u64) -> bool {
 /// Starts writeback of a file range (no waiting): SYNC_FILE_RANGE_WRITE.
 pub fn sync_file_range_start(fd: i32, off: u64, len: u64) {
     // SAFETY: no memory arguments.
-    let _ = unsafe { sc!(libc::SYS_sync_file_range, fd, off, len, libc::SYNC_FILE_RANGE_WRITE) };
+    let _ = unsafe {
+        sc!(
+            libc::SYS_sync_file_range,
+            fd,
+            off,
+            len,
+            libc::SYNC_FILE_RANGE_WRITE
+        )
+    };
 }
