@@ -677,3 +677,119 @@ pub fn skip(why: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "SKIP: {why}");
 }
+
+/// Like `start_under_forkpoint`, with `env` added to the program's environment and `stdin`
+/// as its standard input.
+#[allow(clippy::too_many_arguments)]
+pub fn start_under_forkpoint_with(
+    argv: &[OsString],
+    cwd: &Path,
+    images: &Path,
+    rt: &Path,
+    io: &Io,
+    extra: &[&str],
+    env: &[(&str, &OsStr)],
+    stdin: Stdio,
+) -> Proc {
+    let mut cmd = Command::new(forkpoint());
+    cmd.arg("run")
+        .arg("--dir")
+        .arg(images)
+        .args(extra)
+        .arg("--");
+    cmd.args(argv).current_dir(cwd);
+    cmd.env("FORKPOINT_RUNTIME_DIR", rt);
+    cmd.env_remove("FORKPOINT_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    apply_io(&mut cmd, io);
+    cmd.stdin(stdin);
+    library(); // fail clearly if it is missing
+    Proc::new(
+        cmd.spawn().expect("spawn forkpoint run"),
+        "program under forkpoint",
+    )
+}
+
+/// Runs `argv` to completion without forkpoint, with `env` added, writing `input` to its
+/// standard input (a pipe, closed after `input`).
+pub fn run_reference_with(
+    argv: &[OsString],
+    cwd: &Path,
+    io: &Io,
+    env: &[(&str, &OsStr)],
+    input: &[u8],
+) {
+    use std::io::Write as _;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).current_dir(cwd);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    apply_io(&mut cmd, io);
+    cmd.stdin(Stdio::piped());
+    let mut p = Proc::new(cmd.spawn().expect("spawn reference run"), "reference run");
+    let mut stdin = p.child.stdin.take().expect("stdin pipe");
+    stdin
+        .write_all(input)
+        .expect("write the reference run's input");
+    drop(stdin);
+    let st = p.wait(WAIT);
+    assert!(
+        st.success(),
+        "reference run of {argv:?} failed: {st}\n{}",
+        read_lossy(&io.stderr)
+    );
+}
+
+/// Like `start_restart`, with `stdin` as the restored program's standard input.
+pub fn start_restart_with_stdin(image: &Path, io: &Io, stdin: Stdio) -> Proc {
+    let mut cmd = Command::new(forkpoint());
+    cmd.arg("restart").arg(image);
+    apply_io(&mut cmd, io);
+    cmd.stdin(stdin);
+    Proc::new(
+        cmd.spawn().expect("spawn forkpoint restart"),
+        "restarted program",
+    )
+}
+
+/// The threads of `pid`: (TID, name from `comm`), sorted by TID.
+pub fn threads_of(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let tid: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+                    Some((tid, comm.trim_end().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The TID of the thread of `pid` named `name`, if there is one.
+pub fn thread_named(pid: i32, name: &str) -> Option<i32> {
+    threads_of(pid)
+        .into_iter()
+        .find(|(_, n)| n == name)
+        .map(|(t, _)| t)
+}
+
+/// The system call thread `tid` of `pid` is blocked in (`/proc/PID/task/TID/syscall`),
+/// None if it is running or gone.
+pub fn thread_syscall(pid: i32, tid: i32) -> Option<i64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// A line of `/proc/PID/task/TID/status` (e.g. `SigBlk:`) as a 64-bit signal set.
+pub fn thread_sigset(pid: i32, tid: i32, field: &str) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let v = s.lines().find_map(|l| l.strip_prefix(field))?;
+    u64::from_str_radix(v.trim(), 16).ok()
+}
