@@ -473,3 +473,26 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
     record_advice(addr as u64, len as u64, advice);
     0
 }
+
+/// # Safety
+/// As `munmap(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    // SAFETY: the caller's contract is munmap's.
+    let r = unsafe { sys::syscall6(libc::SYS_munmap, addr as usize, len, 0, 0, 0, 0) };
+    if r < 0 {
+        set_errno((-r) as c_int);
+        return -1;
+    }
+    // Advice recorded for memory that is gone must not be applied to what comes next there.
+    let (lo, hi) = (addr as u64, addr as u64 + len as u64);
+    for (s, l) in &ADVISED {
+        let start = s.load(Ordering::SeqCst);
+        let end = start + (l.load(Ordering::SeqCst) >> 1);
+        if start != 0 && start < hi && lo < end {
+            l.store(0, Ordering::SeqCst);
+            s.store(0, Ordering::SeqCst);
+        }
+    }
+    0
+}

@@ -14,7 +14,7 @@ use crate::{sys, RestoreError};
 /// Address translation from a target address to its staged copy.
 pub struct StageMap {
     /// (target start, target end, staged address of target start), sorted.
-    spans: Vec<(u64, u64, u64)>,
+    pub spans: Vec<(u64, u64, u64)>,
 }
 
 impl StageMap {
@@ -235,34 +235,47 @@ pub fn protect(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError> {
 }
 
 /// Applies the saved madvise/mlock properties to the staged regions (they move with them).
+/// A range may span several mappings: each piece is done on its own.
 pub fn apply_memory_advice(meta: &Metadata, stage: &StageMap) -> Vec<String> {
     let mut warnings = Vec::new();
     for a in &meta.memory_advice {
-        let Some(at) = stage.translate(a.start, a.len) else {
+        let end = a.start.saturating_add(a.len);
+        let pieces: Vec<(u64, u64)> = stage
+            .spans
+            .iter()
+            .filter(|s| s.0 < end && a.start < s.1)
+            .map(|&(s, e, staged)| {
+                let lo = a.start.max(s);
+                (staged + (lo - s), end.min(e) - lo)
+            })
+            .collect();
+        if pieces.is_empty() {
             warnings.push(format!(
                 "{} range {:#x}+{:#x} is not in a restored mapping",
                 a.advice, a.start, a.len
             ));
-            continue;
-        };
-        // SAFETY: staged memory of ours; these calls change only paging properties.
-        let r = unsafe {
-            match a.advice.as_str() {
-                "dontfork" => libc::madvise(at as *mut _, a.len as usize, libc::MADV_DONTFORK),
-                "wipeonfork" => libc::madvise(at as *mut _, a.len as usize, libc::MADV_WIPEONFORK),
-                "mlock" => libc::mlock(at as *const _, a.len as usize),
-                _ => 0,
+        }
+        for (at, len) in pieces {
+            if let Some(e) = apply_advice(&a.advice, at, len) {
+                warnings.push(format!(
+                    "cannot apply {} to {:#x}+{:#x}: {e}",
+                    a.advice, a.start, a.len
+                ));
             }
-        };
-        if r != 0 {
-            warnings.push(format!(
-                "cannot apply {} to {:#x}+{:#x}: {}",
-                a.advice,
-                a.start,
-                a.len,
-                std::io::Error::last_os_error()
-            ));
         }
     }
     warnings
+}
+
+fn apply_advice(advice: &str, at: u64, len: u64) -> Option<std::io::Error> {
+    // SAFETY: staged memory of ours; these calls change only paging properties.
+    let r = unsafe {
+        match advice {
+            "dontfork" => libc::madvise(at as *mut _, len as usize, libc::MADV_DONTFORK),
+            "wipeonfork" => libc::madvise(at as *mut _, len as usize, libc::MADV_WIPEONFORK),
+            "mlock" => libc::mlock(at as *const _, len as usize),
+            _ => 0,
+        }
+    };
+    (r != 0).then(std::io::Error::last_os_error)
 }
