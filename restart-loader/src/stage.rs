@@ -144,26 +144,45 @@ pub fn fill_regions(
                         break;
                     }
                     let c = &chunks[i];
-                    out.resize(c.raw_len as usize, 0);
-                    if let Err(e) = img.read_chunk(i, &mut scratch, &mut out) {
-                        *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                        break;
-                    }
-                    let mut off = 0usize;
-                    for r in &c.runs {
-                        let len = r.pages * PAGE_SIZE;
-                        let Some(dst) = stage.translate(r.addr, len) else {
-                            *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    let fail =
+                        |msg: String| *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                    // A chunk of one run (the common case: a large region) is decompressed
+                    // straight into its staged pages; others through a buffer.
+                    if let [r] = c.runs.as_slice() {
+                        let Some(dst) = stage.translate(r.addr, c.raw_len) else {
+                            fail(format!(
                                 "chunk {i}: pages at {:#x} are outside every restored mapping",
                                 r.addr
                             ));
                             return;
                         };
-                        // SAFETY: dst..dst+len is staged RW memory inside one mapping; runs
-                        // are disjoint (validated by the reader), so no two threads write
-                        // the same bytes.
-                        unsafe { sys::copy_to(dst, &out[off..off + len as usize]) };
-                        off += len as usize;
+                        // SAFETY: dst..dst+raw_len is staged RW memory inside one mapping that
+                        // only this thread writes (runs are disjoint, validated by the reader).
+                        let staged = unsafe { sys::staged_slice(dst, c.raw_len) };
+                        if let Err(e) = img.read_chunk(i, &mut scratch, staged) {
+                            fail(e.to_string());
+                            break;
+                        }
+                    } else {
+                        out.resize(c.raw_len as usize, 0);
+                        if let Err(e) = img.read_chunk(i, &mut scratch, &mut out) {
+                            fail(e.to_string());
+                            break;
+                        }
+                        let mut off = 0usize;
+                        for r in &c.runs {
+                            let len = r.pages * PAGE_SIZE;
+                            let Some(dst) = stage.translate(r.addr, len) else {
+                                fail(format!(
+                                    "chunk {i}: pages at {:#x} are outside every restored mapping",
+                                    r.addr
+                                ));
+                                return;
+                            };
+                            // SAFETY: as above, for this run.
+                            unsafe { sys::copy_to(dst, &out[off..off + len as usize]) };
+                            off += len as usize;
+                        }
                     }
                     pages.fetch_add((c.raw_len / PAGE_SIZE) as usize, Ordering::Relaxed);
                 }

@@ -67,6 +67,16 @@ pub unsafe fn copy_to(dst: u64, src: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) }
 }
 
+/// Staged memory as a byte slice, to decompress into.
+///
+/// # Safety
+/// `addr..addr+len` must be mapped writable staged memory that nothing else accesses while
+/// the slice lives.
+pub unsafe fn staged_slice<'a>(addr: u64, len: u64) -> &'a mut [u8] {
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len as usize) }
+}
+
 /// Unregisters the loader thread's rseq area before its memory goes away.
 pub fn rseq_unregister() -> Result<(), String> {
     // SAFETY: dlsym lookups of glibc's exported rseq variables (NUL-terminated names).
