@@ -133,9 +133,13 @@ pub fn fill_regions(
     let next = AtomicUsize::new(0);
     let error: Mutex<Option<String>> = Mutex::new(None);
     let pages = AtomicUsize::new(0);
+    // The staging threads must be gone, not just done, before the restore blob runs: the
+    // scope's implicit join only waits for the closures, so each is joined (pthread_join
+    // waits for the kernel to clear the thread's tid, i.e. for the thread to have exited).
     std::thread::scope(|scope| {
+        let mut handles = Vec::new();
         for _ in 0..threads.max(1).min(chunks.len().max(1)) {
-            scope.spawn(|| {
+            handles.push(scope.spawn(|| {
                 let mut scratch = Vec::new();
                 let mut out = Vec::new();
                 loop {
@@ -186,7 +190,10 @@ pub fn fill_regions(
                     }
                     pages.fetch_add((c.raw_len / PAGE_SIZE) as usize, Ordering::Relaxed);
                 }
-            });
+            }));
+        }
+        for h in handles {
+            let _ = h.join();
         }
     });
     if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
