@@ -8,6 +8,7 @@
 mod bad_input;
 mod cli;
 mod harness;
+mod kinds;
 mod threads;
 
 use std::ffi::{OsStr, OsString};
