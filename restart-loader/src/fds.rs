@@ -433,12 +433,13 @@ pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>),
                 continue;
             }
             FdRestore::Reopen => {
-                let fd = open_path(&f.path, f.flags).map_err(|e| {
-                    RestoreError(format!(
-                        "cannot reopen descriptor {} ({}): {e}",
-                        f.fd, f.path
-                    ))
-                })?;
+                let fd =
+                    open_path(&crate::verify::live_path(meta, &f.path), f.flags).map_err(|e| {
+                        RestoreError(format!(
+                            "cannot reopen descriptor {} ({}): {e}",
+                            f.fd, f.path
+                        ))
+                    })?;
                 if f.offset > 0 {
                     // SAFETY: lseek on our own descriptor.
                     let r = unsafe { libc::lseek(fd, f.offset, libc::SEEK_SET) };

@@ -120,6 +120,16 @@ pub fn file_change(id: &FileId) -> Option<String> {
     None
 }
 
+/// A path of the program's own /proc directory (`/proc/OLDPID/...`) as it is after the
+/// restart, where the program is this process: `/proc/self/...`. Other paths are unchanged.
+pub fn live_path(meta: &Metadata, path: &str) -> String {
+    let own = format!("/proc/{}", meta.process.pid);
+    match path.strip_prefix(&own) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/proc/self{rest}"),
+        _ => path.to_string(),
+    }
+}
+
 /// Files behind mappings must be exactly as they were; the others must exist.
 pub fn check_files(meta: &Metadata) -> Result<(), RestoreError> {
     let mut seen = BTreeSet::new();
@@ -137,6 +147,11 @@ pub fn check_files(meta: &Metadata) -> Result<(), RestoreError> {
     }
     for fd in &meta.fds {
         if fd.restore == FdRestore::Reopen {
+            let path = live_path(meta, &fd.path);
+            if path != fd.path {
+                // The program's own /proc files: they exist as /proc/self now.
+                continue;
+            }
             if let FdKind::Regular { file } = &fd.kind {
                 if let Err(e) = std::fs::metadata(&file.path) {
                     return Err(RestoreError(format!(
@@ -276,6 +291,16 @@ pub fn credentials_to_take(meta: &Metadata) -> Result<Option<Credentials>, Resto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_proc_paths_follow_the_process() {
+        let mut meta = Metadata::default();
+        meta.process.pid = 42;
+        assert_eq!(live_path(&meta, "/proc/42/fd"), "/proc/self/fd");
+        assert_eq!(live_path(&meta, "/proc/42"), "/proc/self");
+        assert_eq!(live_path(&meta, "/proc/421/fd"), "/proc/421/fd");
+        assert_eq!(live_path(&meta, "/etc/passwd"), "/etc/passwd");
+    }
 
     #[test]
     fn cpu_feature_missing_is_refused() {

@@ -999,9 +999,6 @@ fn non_dumpable_process() {
 /// Descriptors on the process's own /proc files (`/proc/self/stat` is `/proc/PID/stat` to
 /// the kernel) must name the restarted process's files.
 #[test]
-#[ignore = "bug: a descriptor on /proc/self/... is saved as /proc/OLDPID/... and reopened by \
-            that path: the restart fails ('descriptor 3 cannot be reopened: /proc/OLDPID/stat: \
-            No such file or directory'), and `info` calls it a faithful reopen"]
 fn descriptors_on_own_proc_files() {
     let z = Zdtm::new("zdtm_procfs", PROCFS_C);
     roundtrip(&z, true, |_| Spec::default());
