@@ -215,9 +215,22 @@ fn check_target(pid: i32, signo: i32) -> Result<(), CliError> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            return Err(CliError::new(format!(
-                "cannot inspect process {pid}: permission denied (it belongs to another user?)"
-            )))
+            // A process of ours that made itself non-dumpable hides its maps; its status
+            // (world-readable) still says whose it is.
+            // SAFETY: getuid has no preconditions.
+            let me = unsafe { libc::getuid() };
+            let ours = fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    status_field(&s, "Uid:")
+                        .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+                })
+                == Some(me);
+            if !ours {
+                return Err(CliError::new(format!(
+                    "cannot inspect process {pid}: permission denied (it belongs to another user?)"
+                )));
+            }
         }
         Err(_) => return Err(CliError::new(format!("no process with PID {pid}"))),
     }

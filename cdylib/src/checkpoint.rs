@@ -719,6 +719,7 @@ fn capture_timers(cap: &mut Capture) {
         0,
     );
     cap.pdeathsig = pdeathsig;
+    cap.dumpable = sys::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).unwrap_or(1) as i32;
     // The raw getpriority returns 20 - nice (the writer may change its own nice later).
     // SAFETY: no memory effects.
     let prio = unsafe {

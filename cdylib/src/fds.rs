@@ -369,7 +369,24 @@ fn describe_pipe(
             other_end_outside,
         }),
     };
-    let restore = if other_end_outside {
+    // An end whose other end nobody holds any more (POLLHUP on a read end, POLLERR on a
+    // write end) comes back exactly so: the restored pipe has no other end either.
+    let other_end_gone = other_end_outside && {
+        let ev = sys::poll_now(fd);
+        ev & if write_end {
+            libc::POLLERR
+        } else {
+            libc::POLLHUP
+        } != 0
+    };
+    let named = ctx_path_is_named_fifo(fd);
+    let restore = if named && other_end_outside && !other_end_gone {
+        FdRestore::Approximate {
+            approximation:
+                "the FIFO opened again by its name: the process at its other end is not restored"
+                    .into(),
+        }
+    } else if other_end_outside && !other_end_gone {
         FdRestore::Approximate {
             approximation: if write_end {
                 "a pipe whose reader is gone (writes fail with EPIPE): the reader was another process".into()
@@ -382,6 +399,14 @@ fn describe_pipe(
         FdRestore::Recreate
     };
     Ok((kind, restore))
+}
+
+/// Whether `fd` is a named FIFO (its link names a path) rather than an anonymous pipe.
+fn ctx_path_is_named_fifo(fd: i32) -> bool {
+    let mut link = FixBuf::<64>::new();
+    link.str("/proc/self/fd/").i64(fd as i64);
+    let mut buf = [0u8; 8];
+    matches!(sys::readlink(link.as_cstr(), &mut buf), Ok(n) if n > 0 && buf[0] == b'/')
 }
 
 impl FdContext<'_> {
@@ -448,6 +473,11 @@ fn describe_socket(
     let restore = if !supported {
         FdRestore::DevNull {
             reason: format!("socket of domain {domain}, type {sock_type} is not restorable"),
+        }
+    } else if pair.is_some() && sock_type != libc::SOCK_STREAM && sys::bytes_queued(fd) > 0 {
+        FdRestore::Approximate {
+            approximation: "a socketpair without the datagrams that were queued on it (only stream data is saved)"
+                .into(),
         }
     } else if listening || pair.is_some() || !connected {
         FdRestore::Recreate

@@ -137,6 +137,7 @@ pub struct Capture {
     pub posix_timers: [(i32, u64, u64); MAX_POSIX_TIMERS],
     pub n_posix_timers: usize,
     pub pdeathsig: i32,
+    pub dumpable: i32,
     /// Private copies of shared writable anonymous memory, made in the pause (the
     /// application writes the shared pages on after the fork): (start, len, copy address).
     pub shared_copies: [(u64, u64, u64); 32],
@@ -174,6 +175,7 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     posix_timers: [(0, 0, 0); MAX_POSIX_TIMERS],
     n_posix_timers: 0,
     pdeathsig: 0,
+    dumpable: 1,
     shared_copies: [(0, 0, 0); 32],
     n_shared_copies: 0,
     maps_text: FixBuf::new(),

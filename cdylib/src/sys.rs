@@ -767,3 +767,27 @@ pub fn sync_file_range_start(fd: i32, off: u64, len: u64) {
         )
     };
 }
+
+/// The events ready on `fd` right now (poll with a zero timeout).
+pub fn poll_now(fd: i32) -> i16 {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    match unsafe { sc!(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 0) } {
+        Ok(_) => p.revents,
+        Err(_) => 0,
+    }
+}
+
+/// Bytes waiting to be read on a socket or pipe (FIONREAD).
+pub fn bytes_queued(fd: i32) -> i32 {
+    let mut n: i32 = 0;
+    // SAFETY: FIONREAD writes one int.
+    match unsafe { sc!(libc::SYS_ioctl, fd, libc::FIONREAD, &mut n as *mut i32) } {
+        Ok(_) => n,
+        Err(_) => 0,
+    }
+}

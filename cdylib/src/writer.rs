@@ -38,6 +38,9 @@ pub extern "C" fn writer_main() -> ! {
     let Some(rt) = RUNTIME.get() else {
         sys::exit_group(3)
     };
+    // A non-dumpable process's /proc files belong to root: the writer (not the application)
+    // makes itself dumpable so it can read its own pagemap and maps.
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
     if let Some(n) = rt.config.writer_nice {
         sys::setpriority_self(n);
     }
@@ -689,7 +692,7 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
         nice: cap.nice,
         personality: personality.max(0) as u32,
         no_new_privs: sys::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0).unwrap_or(0) == 1,
-        dumpable: sys::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).unwrap_or(1) as i32,
+        dumpable: cap.dumpable,
         pdeathsig: cap.pdeathsig,
         child_subreaper: cap.child_subreaper,
     };

@@ -116,6 +116,17 @@ type Pairs = HashMap<u64, (i32, i32)>;
 fn pipe_end(img: &ImageFile, f: &FdEntry, p: &PipeInfo, pipes: &mut Pipes) -> io::Result<i32> {
     let (r, w) = match pipes.get(&p.ino) {
         Some(&ends) => ends,
+        None if f.path.starts_with('/') => {
+            // A named FIFO: opened again by its name (an O_RDWR handle first, so neither
+            // end's open waits for the other).
+            let anchor = open_path(&f.path, libc::O_RDWR | libc::O_NONBLOCK)?;
+            let r = open_path(&f.path, libc::O_RDONLY | libc::O_NONBLOCK);
+            let w = open_path(&f.path, libc::O_WRONLY | libc::O_NONBLOCK);
+            close(anchor);
+            let (r, w) = (r?, w?);
+            pipes.insert(p.ino, (r, w));
+            (r, w)
+        }
         None => {
             let mut fds = [0i32; 2];
             // SAFETY: fds is two writable ints.
@@ -138,7 +149,6 @@ fn pipe_end(img: &ImageFile, f: &FdEntry, p: &PipeInfo, pipes: &mut Pipes) -> io
             .map_err(|e| io::Error::other(e.to_string()))?;
         write_all(w, &bytes)?;
     }
-    let _ = f;
     Ok(if p.write_end { w } else { r })
 }
 
@@ -362,7 +372,8 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
         } => memfd(img, name, *seals, *size, *data)?,
         _ => return Err(io::Error::other("no saved state to recreate it from")),
     };
-    if nonblock || f.flags & libc::O_APPEND != 0 {
+    // Pipes shared an O_NONBLOCK open above: always set their own flags.
+    if nonblock || f.flags & libc::O_APPEND != 0 || matches!(f.kind, FdKind::Pipe { .. }) {
         set_status_flags(fd, f.flags);
     }
     if matches!(f.kind, FdKind::DeletedFile { .. } | FdKind::Memfd { .. }) {

@@ -212,8 +212,19 @@ pub fn restore(
             rlim_cur: r.cur,
             rlim_max: r.max,
         };
-        // SAFETY: setrlimit with a valid struct; failures (raising a hard limit) keep ours.
-        unsafe { libc::setrlimit(r.resource as _, &lim) };
+        // SAFETY: setrlimit with a valid struct; a failure (raising a hard limit without
+        // privilege) keeps ours and is said.
+        if unsafe { libc::setrlimit(r.resource as _, &lim) } != 0 {
+            let line = format!(
+                "forkpoint restart: warning: resource limit {} ({} / {}) not restored: {}\n",
+                r.resource,
+                r.cur,
+                r.max,
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: writing our own buffer to the loader's error descriptor.
+            unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
+        }
     }
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(meta.process.umask as libc::mode_t) };

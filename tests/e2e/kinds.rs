@@ -430,9 +430,6 @@ fn pipe_with_buffered_bytes_both_ends_inside() {
 /// An empty pipe whose write end the program closed itself: nothing of it was outside the
 /// process, so end of file after a restart is faithful, not an approximation.
 #[test]
-#[ignore = "bug: the library classifies a pipe whose writer is closed as one whose writer is \
-            another process (approximate), so --strict refuses the image; poll() on the read \
-            end reports POLLHUP when no writer exists anywhere"]
 fn a_pipe_whose_writer_was_closed_is_restored_faithfully() {
     let z = Zdtm::new("zdtm_pipe", PIPE_C);
     roundtrip(&z, true, |_| Spec::args(&[&"closed-writer"]));
@@ -440,9 +437,6 @@ fn a_pipe_whose_writer_was_closed_is_restored_faithfully() {
 
 /// A named FIFO with both ends in the process stays the FIFO at its path.
 #[test]
-#[ignore = "bug: a FIFO is recreated as an anonymous pipe (its bytes kept) and reported as \
-            faithful (recreate, accepted by --strict): the descriptor is no longer the FIFO \
-            at its path, and writers opening the path do not reach it"]
 fn fifo_with_both_ends_inside_stays_the_named_fifo() {
     let z = Zdtm::new("zdtm_pipe", PIPE_C);
     roundtrip(&z, true, |dir| Spec::args(&[&"fifo", &dir.join("fifo")]));
