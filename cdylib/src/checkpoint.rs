@@ -103,6 +103,9 @@ fn stop_this_thread(tid: i32, uctx: *mut c_void) {
     // SAFETY: the slot is in a static; our frame stays put until the release (we wait below).
     let restored = unsafe { save_resume_point(&mut slots[k].regs) };
     if restored {
+        // SAFETY: written by the leader before the fork; read-only since.
+        let shared = unsafe { (*CAPTURE.get()).shared_pending };
+        raise_pending(slots[k].pending & !shared, false);
         // Out of the restore blob: the leader may unmap it once every thread is.
         QUIESCE.resumed.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake_all(&QUIESCE.resumed);
@@ -120,6 +123,23 @@ fn stop_this_thread(tid: i32, uctx: *mut c_void) {
             break;
         }
         sys::futex_wait(&QUIESCE.release, r, 0);
+    }
+}
+
+/// Signals that were pending (blocked) at the checkpoint are pending again in the restored
+/// thread (their siginfo is not kept: they arrive as sent by the process itself).
+fn raise_pending(pending: u64, process_wide: bool) {
+    let ours = RUNTIME.get().map_or(0, |rt| 1u64 << (rt.config.signal - 1));
+    let (pid, tid) = (sys::getpid(), sys::gettid());
+    for sig in 1..=64 {
+        let bit = 1u64 << (sig - 1);
+        if pending & bit != 0 && bit != ours && sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            let _ = if process_wide {
+                sys::kill(pid, sig)
+            } else {
+                sys::tgkill(pid, tid, sig)
+            };
+        }
     }
 }
 
@@ -271,6 +291,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     choose_output_path(cap, rt, pid, id);
     slots[0].tid = me;
     capture_thread(&mut slots[0], rt, uctx);
+    cap.shared_pending = slots[..n_threads].iter().fold(!0u64, |a, t| a & t.pending);
     capture_fd_offsets(cap);
     capture_timers(cap);
 
@@ -316,6 +337,8 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
             }
         }
         Forked::Restored => {
+            raise_pending(slots[0].pending & !cap.shared_pending, false);
+            raise_pending(cap.shared_pending, true);
             after_restore(trigger);
             release_threads();
         }
@@ -607,6 +630,7 @@ fn capture_thread(t: &mut ThreadCapture, rt: &Runtime, uctx: *mut c_void) {
     t.robust_list = sys::get_robust_list();
     sys::sched_getaffinity(&mut t.affinity);
     t.sched = sys::sched_get();
+    t.pending = sys::sigpending();
     let _ = sys::prctl(libc::PR_GET_NAME, t.name.as_mut_ptr() as usize, 0, 0, 0);
     t.rseq = if rt.rseq_size > 0 {
         let len = (rt.rseq_size.max(32) + 31) & !31;

@@ -72,6 +72,8 @@ pub struct ThreadCapture {
     /// CPU affinity (1024 CPUs) and scheduling policy/priority.
     pub affinity: [u64; 16],
     pub sched: (i32, i32),
+    /// Signals pending (blocked) for the thread or the process at the stop.
+    pub pending: u64,
 }
 
 impl ThreadCapture {
@@ -98,6 +100,7 @@ impl ThreadCapture {
         xsave_size: 0,
         affinity: [0; 16],
         sched: (0, 0),
+        pending: 0,
     };
 }
 
@@ -118,6 +121,8 @@ pub struct Capture {
     pub ppid: i32,
     /// Threads in THREADS[..n_threads].
     pub n_threads: usize,
+    /// Signals pending for every thread: taken as pending for the process.
+    pub shared_pending: u64,
     pub trigger: Trigger,
     pub request_id: u64,
     pub seq: u64,
@@ -159,6 +164,7 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     pid: 0,
     ppid: 0,
     n_threads: 0,
+    shared_pending: 0,
     trigger: Trigger::Signal,
     request_id: 0,
     seq: 0,

@@ -238,6 +238,11 @@ pub fn gettid() -> i32 {
     unsafe { sc!(libc::SYS_gettid) }.unwrap_or(0) as i32
 }
 
+pub fn kill(pid: i32, sig: i32) -> SysResult {
+    // SAFETY: no memory effects.
+    unsafe { sc!(libc::SYS_kill, pid, sig) }
+}
+
 pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult {
     // SAFETY: no memory effects on this process beyond signal delivery.
     unsafe { sc!(libc::SYS_tgkill, pid, tid, sig) }
@@ -790,4 +795,12 @@ pub fn bytes_queued(fd: i32) -> i32 {
         Ok(_) => n,
         Err(_) => 0,
     }
+}
+
+/// Signals pending for the calling thread or its process.
+pub fn sigpending() -> u64 {
+    let mut set: u64 = 0;
+    // SAFETY: an 8-byte kernel sigset.
+    let _ = unsafe { sc!(libc::SYS_rt_sigpending, &mut set as *mut u64, 8) };
+    set
 }
