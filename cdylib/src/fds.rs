@@ -7,7 +7,7 @@
 //! `/proc/self/fdinfo` below are pure and unit-tested.
 
 use forkpoint_image::{
-    EpollEntry, FdEntry, FdKind, FdRestore, FileId, FileLock, PipeInfo, SocketInfo,
+    EpollEntry, FdEntry, FdKind, FdRestore, FileId, FileLock, PipeInfo, SockOpt, SocketInfo,
 };
 
 use crate::fixbuf::FixBuf;
@@ -469,6 +469,7 @@ fn describe_socket(
         peer,
         pair,
         data,
+        options: socket_options(fd, domain, sock_type),
     };
     let restore = if !supported {
         FdRestore::DevNull {
@@ -489,6 +490,41 @@ fn describe_socket(
         }
     };
     Ok((FdKind::Socket { socket: Some(info) }, restore))
+}
+
+/// Integer options worth carrying over (level, name); the rest keep their defaults.
+const SOCKET_OPTIONS: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+];
+
+fn socket_options(fd: i32, domain: i32, sock_type: i32) -> Vec<SockOpt> {
+    SOCKET_OPTIONS
+        .iter()
+        .filter(|&&(level, _)| match level {
+            libc::IPPROTO_TCP => sock_type == libc::SOCK_STREAM && domain != libc::AF_UNIX,
+            libc::IPPROTO_IPV6 => domain == libc::AF_INET6,
+            _ => true,
+        })
+        .filter_map(|&(level, name)| {
+            sys::getsockopt_int(fd, level, name)
+                .ok()
+                .map(|value| SockOpt { level, name, value })
+        })
+        .collect()
 }
 
 fn describe_anon(fd: i32, path: &str) -> (FdKind, FdRestore) {

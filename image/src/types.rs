@@ -437,6 +437,16 @@ pub struct SocketInfo {
     pub pair: Option<u64>,
     /// Blob holding the bytes queued for reading (stream sockets).
     pub data: Option<u32>,
+    /// Integer socket options (level, name, value as `getsockopt` reports it).
+    #[serde(default)]
+    pub options: Vec<SockOpt>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: i32,
 }
 
 /// One registration in an epoll instance.

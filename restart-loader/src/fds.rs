@@ -224,6 +224,17 @@ fn socket_fd(img: &ImageFile, f: &FdEntry, s: &SocketInfo, pairs: &mut Pairs) ->
         close(fd);
         e
     };
+    for o in &s.options {
+        // The kernel reports buffer sizes doubled (its bookkeeping): ask for half.
+        let v =
+            if o.level == libc::SOL_SOCKET && matches!(o.name, libc::SO_RCVBUF | libc::SO_SNDBUF) {
+                o.value / 2
+            } else {
+                o.value
+            };
+        // SAFETY: an int option; a refused one (e.g. a buffer above the limit) keeps the default.
+        unsafe { libc::setsockopt(fd, o.level, o.name, (&v as *const i32).cast(), 4) };
+    }
     if !s.local.is_empty() && s.local.len() > 2 {
         let one: i32 = 1;
         // SAFETY: an int option.

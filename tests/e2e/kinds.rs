@@ -625,9 +625,6 @@ fn tcp_listener_accepts_after_restart_and_a_taken_port_is_refused() {
 /// Options a server sets on its listener (SO_KEEPALIVE, SO_RCVBUF, TCP_NODELAY) are part of
 /// the listener's state.
 #[test]
-#[ignore = "not yet restored: socket options other than the address are not saved (the \
-            loader sets SO_REUSEADDR on every bound socket); SO_KEEPALIVE, SO_RCVBUF and \
-            TCP_NODELAY come back at their defaults"]
 fn tcp_listener_keeps_its_socket_options() {
     let z = Zdtm::new("zdtm_listen", LISTEN_C);
     let dir = z.dir("control");
