@@ -234,14 +234,32 @@ pub fn describe(
             }
             libc::S_IFREG => {
                 let size = st.st_size as u64;
-                file_blob(fd, size, store)?.map_or_else(
+                let mode = st.st_mode & 0o7777;
+                // A write-only descriptor cannot be read: read the file through a new,
+                // read-only open of it.
+                let write_only = sys::fcntl(fd, libc::F_GETFL, 0)
+                    .map(|f| f as i32 & libc::O_ACCMODE == libc::O_WRONLY)
+                    .unwrap_or(false);
+                let reader = if write_only {
+                    let mut p = FixBuf::<64>::new();
+                    p.str("/proc/self/fd/").i64(fd as i64);
+                    sys::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()
+                } else {
+                    None
+                };
+                let blob = file_blob(reader.unwrap_or(fd), size, store);
+                if let Some(r) = reader {
+                    sys::close(r);
+                }
+                blob?.map_or_else(
                     || {
                         (
                             FdKind::Other,
-                            devnull(format!(
-                                "deleted file larger than {} MiB",
-                                MAX_FILE_BLOB >> 20
-                            )),
+                            devnull(if size > MAX_FILE_BLOB {
+                                format!("deleted file larger than {} MiB", MAX_FILE_BLOB >> 20)
+                            } else {
+                                "the deleted file's contents could not be read".into()
+                            }),
                         )
                     },
                     |data| {
@@ -249,6 +267,7 @@ pub fn describe(
                             FdKind::DeletedFile {
                                 size,
                                 data: Some(data),
+                                mode,
                             },
                             FdRestore::Approximate {
                                 approximation:

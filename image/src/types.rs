@@ -329,6 +329,9 @@ pub enum FdKind {
     DeletedFile {
         size: u64,
         data: Option<u32>,
+        /// Permission bits of the file.
+        #[serde(default)]
+        mode: u32,
     },
     /// A memfd: name, seals and contents (in a blob).
     Memfd {

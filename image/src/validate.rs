@@ -396,9 +396,8 @@ fn validate_blobs(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> 
             crate::FdKind::Socket { socket: Some(s) } => {
                 blob_ok(&s.data) && s.local.len() <= 128 && s.peer.len() <= 128
             }
-            crate::FdKind::DeletedFile { data, size } | crate::FdKind::Memfd { data, size, .. } => {
-                blob_ok(data) && *size <= MAX_BLOB_LEN
-            }
+            crate::FdKind::DeletedFile { data, size, .. }
+            | crate::FdKind::Memfd { data, size, .. } => blob_ok(data) && *size <= MAX_BLOB_LEN,
             crate::FdKind::Epoll { interest } => interest.len() <= MAX_EPOLL_ENTRIES,
             _ => true,
         };

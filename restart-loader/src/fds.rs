@@ -276,7 +276,7 @@ fn socket_fd(img: &ImageFile, f: &FdEntry, s: &SocketInfo, pairs: &mut Pairs) ->
     Ok(fd)
 }
 
-fn deleted_file(img: &ImageFile, f: &FdEntry, data: Option<u32>) -> io::Result<i32> {
+fn deleted_file(img: &ImageFile, f: &FdEntry, data: Option<u32>, mode: u32) -> io::Result<i32> {
     let original = f.path.trim_end_matches(" (deleted)");
     let dir = std::path::Path::new(original)
         .parent()
@@ -300,7 +300,15 @@ fn deleted_file(img: &ImageFile, f: &FdEntry, data: Option<u32>) -> io::Result<i
             .map_err(|e| io::Error::other(e.to_string()))?;
         write_all(fd, &bytes)?;
     }
-    Ok(fd)
+    // The file's permissions, then a descriptor with the program's access mode and flags (a
+    // new open of the unnamed file through /proc, as O_TMPFILE gives O_RDWR).
+    if mode != 0 {
+        // SAFETY: fchmod of our own file.
+        unsafe { libc::fchmod(fd, mode as libc::mode_t) };
+    }
+    let again = open_path(&format!("/proc/self/fd/{fd}"), f.flags);
+    close(fd);
+    again
 }
 
 fn memfd(img: &ImageFile, name: &str, seals: u32, size: u64, data: Option<u32>) -> io::Result<i32> {
@@ -374,7 +382,7 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
         }
         // SAFETY: creating an epoll instance.
         FdKind::Epoll { .. } => cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?,
-        FdKind::DeletedFile { data, .. } => deleted_file(img, f, *data)?,
+        FdKind::DeletedFile { data, mode, .. } => deleted_file(img, f, *data, *mode)?,
         FdKind::Memfd {
             name,
             seals,

@@ -818,10 +818,6 @@ fn deleted_files_with_contents_and_offset() {
 /// A deleted file's permissions, a read-only one's access mode, and a write-only append
 /// one (which cannot be read through its own descriptor).
 #[test]
-#[ignore = "bug: the O_TMPFILE replacement is always mode 0600 and O_RDWR (a read-only \
-            descriptor becomes writable); a write-only deleted file cannot be read through \
-            its descriptor, so it is restored as /dev/null with the false reason 'larger \
-            than 256 MiB' (it could be read through /proc/self/fd/N)"]
 fn deleted_files_keep_permissions_and_access_modes() {
     let z = Zdtm::new("zdtm_deleted", DELETED_C);
     roundtrip(&z, false, |dir| Spec::args(&[&dir, &"modes"]));
