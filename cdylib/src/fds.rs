@@ -46,12 +46,16 @@ fn parse_pair(s: &str) -> Option<u64> {
     secs.checked_mul(1_000_000_000)?.checked_add(ns)
 }
 
-/// `clockid`, `it_value: (s, ns)` (time to next expiry), `it_interval: (s, ns)`.
-pub fn parse_timerfd(info: &str) -> Option<(i32, u64, u64)> {
+/// `clockid`, `it_value: (s, ns)` (time to next expiry), `it_interval: (s, ns)`, `ticks`
+/// (expirations not read yet).
+pub fn parse_timerfd(info: &str) -> Option<(i32, u64, u64, u64)> {
     let clock = field(info, "clockid:")?.parse().ok()?;
     let value = parse_pair(field(info, "it_value:")?)?;
     let interval = parse_pair(field(info, "it_interval:")?)?;
-    Some((clock, value, interval))
+    let ticks = field(info, "ticks:")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    Some((clock, value, interval, ticks))
 }
 
 /// `sigmask: <hex>`.
@@ -553,10 +557,11 @@ fn describe_anon(fd: i32, path: &str) -> (FdKind, FdRestore) {
             parse_eventfd(&info).map(|(count, semaphore)| FdKind::Eventfd { count, semaphore })
         }
         "anon_inode:[timerfd]" => {
-            parse_timerfd(&info).map(|(clockid, value_ns, interval_ns)| FdKind::Timerfd {
+            parse_timerfd(&info).map(|(clockid, value_ns, interval_ns, ticks)| FdKind::Timerfd {
                 clockid,
                 value_ns,
                 interval_ns,
+                ticks,
             })
         }
         "anon_inode:[signalfd]" => parse_signalfd(&info).map(|mask| FdKind::Signalfd { mask }),
@@ -637,7 +642,7 @@ mod tests {
         let ev = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\neventfd-count:               2a\neventfd-id: 3\neventfd-semaphore: 1\n";
         assert_eq!(parse_eventfd(ev), Some((42, true)));
         let tf = "pos:\t0\nflags:\t02\nclockid: 1\nticks: 0\nsettime flags: 00\nit_value: (0, 499813020)\nit_interval: (2, 0)\n";
-        assert_eq!(parse_timerfd(tf), Some((1, 499_813_020, 2_000_000_000)));
+        assert_eq!(parse_timerfd(tf), Some((1, 499_813_020, 2_000_000_000, 0)));
         assert_eq!(
             parse_signalfd("pos:\t0\nsigmask:\t0000000000004002\n"),
             Some(0x4002)

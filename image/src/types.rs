@@ -318,6 +318,9 @@ pub enum FdKind {
         /// Time to the next expiry (0: disarmed) and the period, nanoseconds.
         value_ns: u64,
         interval_ns: u64,
+        /// Expirations not read yet.
+        #[serde(default)]
+        ticks: u64,
     },
     Signalfd {
         mask: u64,

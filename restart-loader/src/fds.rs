@@ -355,17 +355,21 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
             clockid,
             value_ns,
             interval_ns,
+            ticks,
         } => {
             // SAFETY: creating a timerfd.
             let fd = cvt(unsafe { libc::timerfd_create(*clockid, libc::TFD_CLOEXEC) })?;
-            if *value_ns > 0 {
+            // Expirations nobody read yet come back as one expiry right away (its count is
+            // not settable); then the timer goes on as it was.
+            let value = if *ticks > 0 { 1 } else { *value_ns };
+            if value > 0 {
                 let ts = |ns: u64| libc::timespec {
                     tv_sec: (ns / 1_000_000_000) as i64,
                     tv_nsec: (ns % 1_000_000_000) as i64,
                 };
                 let spec = libc::itimerspec {
                     it_interval: ts(*interval_ns),
-                    it_value: ts(*value_ns),
+                    it_value: ts(value),
                 };
                 // SAFETY: spec is valid; old value not requested.
                 cvt(unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) })?;

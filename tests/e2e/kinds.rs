@@ -516,8 +516,6 @@ fn timerfd_fires_on_time() {
 /// A timerfd that expired before the checkpoint and was not read yet: the expiry count is
 /// part of its state.
 #[test]
-#[ignore = "bug: a timerfd's unread expiry count (fdinfo `ticks`) is not saved; a one-shot \
-            timer that expired before the checkpoint comes back disarmed with 0 expiries"]
 fn timerfd_expired_but_unread() {
     let z = Zdtm::new("zdtm_timerfd", TIMERFD_C);
     roundtrip(&z, true, |_| Spec::args(&[&"expired"]));
