@@ -160,6 +160,8 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
             pages,
             pause_us,
             write_ms,
+            cow_faults,
+            writer_peak,
         }) => {
             let mut parts = Vec::new();
             if let Some(b) = bytes {
@@ -173,6 +175,12 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
             }
             if let Some(ms) = write_ms {
                 parts.push(format!("durable after {ms} ms"));
+            }
+            if let Some(f) = cow_faults {
+                parts.push(format!("{f} page faults in the program meanwhile"));
+            }
+            if let Some(m) = writer_peak {
+                parts.push(format!("writer memory {}", fmt_bytes(m)));
             }
             eprintln!(
                 "forkpoint: checkpoint of process {pid} written: {}",

@@ -160,6 +160,11 @@ pub enum Report {
         pages: Option<u64>,
         pause_us: Option<u64>,
         write_ms: Option<u64>,
+        /// Page faults the running program took while the image was written (mostly
+        /// copy-on-write: the price of a forked checkpoint).
+        cow_faults: Option<u64>,
+        /// The writer's peak memory (its arena), bytes.
+        writer_peak: Option<u64>,
     },
     Error(String),
 }
@@ -185,6 +190,8 @@ pub fn parse_report(text: &str) -> Result<Report, String> {
                 pages: num("pages"),
                 pause_us: num("pause_us"),
                 write_ms: num("write_ms"),
+                cow_faults: num("cow_faults"),
+                writer_peak: num("writer_peak"),
             })
         }
         Some("error") => Ok(Report::Error(
@@ -282,6 +289,8 @@ mod tests {
                 bytes: Some(100),
                 pages: Some(3),
                 pause_us: Some(120),
+                cow_faults: None,
+                writer_peak: None,
                 write_ms: Some(40)
             }
         );

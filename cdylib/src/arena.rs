@@ -19,6 +19,7 @@ static WRITER_MODE: AtomicBool = AtomicBool::new(false);
 static ARENA_START: AtomicUsize = AtomicUsize::new(0);
 static ARENA_NEXT: AtomicUsize = AtomicUsize::new(0);
 static ARENA_END: AtomicUsize = AtomicUsize::new(0);
+static ARENA_PEAK: AtomicUsize = AtomicUsize::new(0);
 
 /// Address space reserved for the writer's arena (pages are only committed when touched).
 const ARENA_RESERVE: usize = 64 << 30;
@@ -38,6 +39,7 @@ pub fn enter_writer_mode() -> Result<(), i32> {
     }?;
     ARENA_START.store(base, Ordering::Relaxed);
     ARENA_NEXT.store(base, Ordering::Relaxed);
+    ARENA_PEAK.store(base, Ordering::Relaxed);
     ARENA_END.store(base + ARENA_RESERVE, Ordering::Relaxed);
     WRITER_MODE.store(true, Ordering::SeqCst);
     Ok(())
@@ -73,7 +75,15 @@ fn bump(layout: Layout) -> *mut u8 {
         _ => return core::ptr::null_mut(),
     };
     ARENA_NEXT.store(end, Ordering::Relaxed);
+    ARENA_PEAK.fetch_max(end, Ordering::Relaxed);
     start as *mut u8
+}
+
+/// Most bytes the arena held at once (the writer's peak memory, buffers included).
+pub fn peak_bytes() -> usize {
+    ARENA_PEAK
+        .load(Ordering::Relaxed)
+        .saturating_sub(ARENA_START.load(Ordering::Relaxed))
 }
 
 // SAFETY: both arms return blocks of at least layout.size() bytes aligned to layout.align()

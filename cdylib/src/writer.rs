@@ -44,6 +44,7 @@ pub extern "C" fn writer_main() -> ! {
     if let Some(n) = rt.config.writer_nice {
         sys::setpriority_self(n);
     }
+    let faults_at_start = parent_minor_faults(cap.pid);
     let mut tmp = FixBuf::<4200>::new();
     tmp.push(cap.out_path.as_bytes()).str(".tmp");
     match write_image(cap, t_child, &mut tmp) {
@@ -58,7 +59,13 @@ pub extern "C" fn writer_main() -> ! {
                 .u64(done.pause_ns / 1000)
                 .str("\nwrite_ms=")
                 .u64(done.write_ns / 1_000_000);
-            body.str("\nseq=").u64(cap.seq).str("\n");
+            body.str("\nseq=").u64(cap.seq);
+            body.str("\nwriter_peak=")
+                .u64(crate::arena::peak_bytes() as u64);
+            if let (Some(a), Some(b)) = (faults_at_start, parent_minor_faults(cap.pid)) {
+                body.str("\ncow_faults=").u64(b.saturating_sub(a));
+            }
+            body.str("\n");
             report::write_report(cap.report_path.as_bytes(), body.as_bytes());
             let mut l = report::Line::new();
             l.str("checkpoint ")
@@ -86,6 +93,16 @@ pub extern "C" fn writer_main() -> ! {
             sys::exit_group(1)
         }
     }
+}
+
+/// Minor page faults of the application process so far (`/proc/PID/stat` field 10): taken
+/// at the start and the end of the write, the difference is mostly the copy-on-write faults
+/// the forked checkpoint costs the running program.
+fn parent_minor_faults(pid: i32) -> Option<u64> {
+    let mut p = FixBuf::<64>::new();
+    p.str("/proc/").i64(pid as i64).str("/stat");
+    let stat = read_proc_string(p.as_cstr());
+    procfs::stat_fields(&stat)?.get(10).copied()
 }
 
 struct Done {
