@@ -110,9 +110,11 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
         if died_at.is_none() && !process_alive(pid) {
             died_at = Some(Instant::now());
         }
-        // The writer may finish after the program died: give it a moment.
+        // A program that died after picking up the request (its request file is gone) has
+        // a writer that goes on and completes the image: wait for its report as usual. One
+        // that died before never will: give up after a moment.
         if let Some(t) = died_at {
-            if t.elapsed() > Duration::from_secs(2) {
+            if request.exists() && t.elapsed() > Duration::from_secs(2) {
                 let _ = fs::remove_file(&request);
                 return Err(CliError::new(format!(
                     "process {pid} exited before the checkpoint was reported; no image"

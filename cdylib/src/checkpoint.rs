@@ -216,6 +216,15 @@ fn fail(report_path: &[u8], trigger: Trigger, msg: &[u8]) {
     }
 }
 
+/// Ends the checkpoint path. Requests queued meanwhile go out when the writer is reaped;
+/// with no writer running (this checkpoint failed before forking), now.
+fn finish_checkpoint() {
+    CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+    if WRITER_PID.load(Ordering::SeqCst) == 0 {
+        resend_queued();
+    }
+}
+
 fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     let t0 = sys::monotonic_ns();
     let Some(rt) = RUNTIME.get() else { return };
@@ -223,6 +232,10 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
+        // Another thread is taking a checkpoint right now: a request waits its turn.
+        if trigger == Trigger::Request {
+            queue_request(id);
+        }
         return;
     }
     let pid = sys::getpid();
@@ -236,7 +249,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         let mut l = Line::new();
         l.str("ignoring withdrawn checkpoint request ").u64(id);
         report::log(LogLevel::Info, l.as_bytes());
-        CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+        finish_checkpoint();
         return;
     }
     let busy = WRITER_PID.load(Ordering::SeqCst);
@@ -249,7 +262,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
                 .u64(id)
                 .str(" queued behind the checkpoint being written");
             report::log(LogLevel::Debug, l.as_bytes());
-            CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+            finish_checkpoint();
             return;
         }
         let mut msg = Line::new();
@@ -257,7 +270,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
             .i64(busy as i64)
             .str(")");
         fail(report_path.as_bytes(), trigger, msg.as_bytes());
-        CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+        finish_checkpoint();
         return;
     }
 
@@ -267,7 +280,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         Err(msg) => {
             release_threads();
             fail(report_path.as_bytes(), trigger, msg.as_bytes());
-            CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+            finish_checkpoint();
             return;
         }
     };
@@ -353,7 +366,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
             fail(report_path.as_bytes(), trigger, msg.as_bytes());
         }
     }
-    CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+    finish_checkpoint();
 }
 
 /// Sends the stop signal to every other thread (rescanning until no new thread appears) and

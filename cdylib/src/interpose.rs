@@ -496,3 +496,108 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     }
     0
 }
+
+/// The window of an `execve`: between the kernel replacing the program and the new
+/// program's library installing its handler, the checkpoint signal would kill it (its
+/// default action). The exec wrappers block it (the mask survives exec) and the library's
+/// init unblocks it once its handler is in place; a failed exec unblocks it again. (Calls
+/// glibc makes internally, e.g. from `execl`, are not seen here.)
+fn exec_guarded(f: impl FnOnce() -> c_int) -> c_int {
+    let bit = our_bit();
+    if bit == 0 {
+        return f();
+    }
+    let old = sys::sigmask_set(libc::SIG_BLOCK, bit);
+    let r = f();
+    if old & bit == 0 {
+        sys::sigmask_set(libc::SIG_UNBLOCK, bit);
+    }
+    r
+}
+
+static NEXT_EXECVE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_EXECV: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_EXECVP: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_EXECVPE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_FEXECVE: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
+type Argv = *const *const core::ffi::c_char;
+type Path = *const core::ffi::c_char;
+
+/// # Safety
+/// As `execve(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: Path, argv: Argv, envp: Argv) -> c_int {
+    exec_guarded(|| {
+        call_next!(
+            NEXT_EXECVE,
+            c"execve",
+            unsafe extern "C" fn(Path, Argv, Argv) -> c_int,
+            path,
+            argv,
+            envp
+        )
+    })
+}
+
+/// # Safety
+/// As `execv(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: Path, argv: Argv) -> c_int {
+    exec_guarded(|| {
+        call_next!(
+            NEXT_EXECV,
+            c"execv",
+            unsafe extern "C" fn(Path, Argv) -> c_int,
+            path,
+            argv
+        )
+    })
+}
+
+/// # Safety
+/// As `execvp(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: Path, argv: Argv) -> c_int {
+    exec_guarded(|| {
+        call_next!(
+            NEXT_EXECVP,
+            c"execvp",
+            unsafe extern "C" fn(Path, Argv) -> c_int,
+            file,
+            argv
+        )
+    })
+}
+
+/// # Safety
+/// As `execvpe(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: Path, argv: Argv, envp: Argv) -> c_int {
+    exec_guarded(|| {
+        call_next!(
+            NEXT_EXECVPE,
+            c"execvpe",
+            unsafe extern "C" fn(Path, Argv, Argv) -> c_int,
+            file,
+            argv,
+            envp
+        )
+    })
+}
+
+/// # Safety
+/// As `fexecve(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(fd: c_int, argv: Argv, envp: Argv) -> c_int {
+    exec_guarded(|| {
+        call_next!(
+            NEXT_FEXECVE,
+            c"fexecve",
+            unsafe extern "C" fn(c_int, Argv, Argv) -> c_int,
+            fd,
+            argv,
+            envp
+        )
+    })
+}

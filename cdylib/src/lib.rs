@@ -108,6 +108,8 @@ fn try_init() -> Result<(), String> {
             return Err(format!("cannot install the handler of signal {signal}"));
         }
     }
+    // An exec wrapper of the program we replaced may have blocked it for the exec window.
+    sys::sigmask_set(libc::SIG_UNBLOCK, 1u64 << (signal - 1));
     if let Some(ns) = interval {
         let id = sys::timer_create_signal(libc::CLOCK_MONOTONIC, signal)
             .map_err(|e| format!("timer_create: errno {e}"))?;

@@ -38,6 +38,8 @@ pub const MAX_MAPPINGS: usize = 1 << 20;
 pub const MAX_THREADS: usize = 1 << 16;
 /// 65536 CPUs.
 pub const MAX_AFFINITY_WORDS: usize = 1024;
+/// Highest descriptor number + 1 (the kernel's default `fs.nr_open`).
+pub const MAX_FD_NUMBER: i32 = 1 << 20;
 pub const MAX_FDS: usize = 1 << 20;
 /// Signals 1..=64: at most one disposition each.
 pub const MAX_SIGNAL: u32 = 64;
@@ -357,8 +359,12 @@ fn validate_threads(m: &Metadata) -> Result<(), ValidationError> {
 fn validate_fds(m: &Metadata) -> Result<(), ValidationError> {
     let mut prev: Option<i32> = None;
     for (i, f) in m.fds.iter().enumerate() {
-        if f.fd < 0 {
-            return err(format!("descriptor entry {i} has negative number {}", f.fd));
+        if f.fd < 0 || f.fd >= MAX_FD_NUMBER {
+            return err(format!(
+                "descriptor entry {i} has number {} (must be 0 to {})",
+                f.fd,
+                MAX_FD_NUMBER - 1
+            ));
         }
         if prev.is_some_and(|p| f.fd <= p) {
             return err(format!(

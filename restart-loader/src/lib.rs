@@ -115,7 +115,10 @@ pub fn restore(
     let advice_warnings = stage::apply_memory_advice(meta, &stage_map);
 
     // Stage descriptors.
+    // Descriptors are placed above the program's highest one: the open-file limit must
+    // allow that now (the program's own limits are set again later).
     let base = fds::spare_base(meta);
+    sys::raise_nofile(base as u64 + meta.fds.len() as u64 + 16).map_err(RestoreError)?;
     let (prepared, mut warnings) = fds::prepare(&img, base)?;
     warnings.extend(meta.warnings.iter().cloned());
     warnings.extend(advice_warnings);

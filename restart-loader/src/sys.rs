@@ -314,3 +314,32 @@ pub fn restore_timers_and_attributes(meta: &forkpoint_image::Metadata) -> Vec<St
     }
     warnings
 }
+
+/// Raises the soft open-file limit to at least `want` descriptors (within the hard limit).
+pub fn raise_nofile(want: u64) -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a writable struct rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_cur >= want {
+        return Ok(());
+    }
+    if lim.rlim_max < want {
+        return Err(format!(
+            "the program had descriptors up to number {}, above this shell's hard open-file limit {} (raise it: ulimit -Hn)",
+            want.saturating_sub(16),
+            lim.rlim_max
+        ));
+    }
+    lim.rlim_cur = want;
+    // SAFETY: lim is a valid struct rlimit within the hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!(
+            "cannot raise the open-file limit to {want}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod harness;
 mod kinds;
+mod reliability;
 mod threads;
 
 use std::ffi::{OsStr, OsString};
