@@ -236,6 +236,9 @@ pub fn restore(
     }
     if let Some(c) = &creds {
         sys::take_credentials(c).map_err(RestoreError)?;
+    } else {
+        // Never more capabilities than the program had (a root image with a reduced set).
+        sys::limit_capabilities(meta.attributes.cap_effective, meta.attributes.cap_permitted);
     }
     sys::block_all_signals();
     for w in sys::restore_timers_and_attributes(meta) {

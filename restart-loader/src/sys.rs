@@ -343,3 +343,31 @@ pub fn raise_nofile(want: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Drops every capability the image's program did not have (capset keeps only the
+/// intersection; it can never add one).
+pub fn limit_capabilities(effective: u64, permitted: u64) {
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
+    let mut hdr = [0x2008_0522u32, 0];
+    let mut cur = [0u32; 6];
+    // SAFETY: header and data of the sizes capget expects for version 3.
+    if unsafe { libc::syscall(libc::SYS_capget, hdr.as_mut_ptr(), cur.as_mut_ptr()) } != 0 {
+        return;
+    }
+    let now_eff = cur[0] as u64 | (cur[3] as u64) << 32;
+    let now_perm = cur[1] as u64 | (cur[4] as u64) << 32;
+    let (eff, perm) = (now_eff & effective, now_perm & permitted);
+    if (eff, perm) == (now_eff, now_perm) {
+        return;
+    }
+    let data = [
+        eff as u32,
+        perm as u32,
+        cur[2],
+        (eff >> 32) as u32,
+        (perm >> 32) as u32,
+        cur[5],
+    ];
+    // SAFETY: as above; lowering capabilities is always allowed.
+    unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) };
+}
