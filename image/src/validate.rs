@@ -359,9 +359,12 @@ fn validate_threads(m: &Metadata) -> Result<(), ValidationError> {
 fn validate_fds(m: &Metadata) -> Result<(), ValidationError> {
     let mut prev: Option<i32> = None;
     for (i, f) in m.fds.iter().enumerate() {
-        if f.fd < 0 || f.fd >= MAX_FD_NUMBER {
+        if f.fd < 0 {
+            return err(format!("descriptor entry {i} has negative number {}", f.fd));
+        }
+        if f.fd >= MAX_FD_NUMBER {
             return err(format!(
-                "descriptor entry {i} has number {} (must be 0 to {})",
+                "descriptor entry {i} has number {}, above the limit {}",
                 f.fd,
                 MAX_FD_NUMBER - 1
             ));
