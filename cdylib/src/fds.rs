@@ -12,6 +12,7 @@ use forkpoint_image::{
 
 use crate::fixbuf::FixBuf;
 use crate::sys;
+use crate::writer::read_proc_string;
 
 /// Largest deleted file or memfd whose contents are saved.
 const MAX_FILE_BLOB: u64 = 256 << 20;
@@ -88,26 +89,10 @@ pub fn parse_epoll(info: &str) -> Vec<EpollEntry> {
         .collect()
 }
 
-fn read_text(path: &[u8]) -> String {
-    let Ok(fd) = sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
-        return String::new();
-    };
-    let mut v = Vec::new();
-    let mut buf = vec![0u8; 16 << 10];
-    while let Ok(n) = sys::read(fd, &mut buf) {
-        if n == 0 {
-            break;
-        }
-        v.extend_from_slice(&buf[..n]);
-    }
-    sys::close(fd);
-    String::from_utf8_lossy(&v).into_owned()
-}
-
 fn fdinfo(fd: i32) -> String {
     let mut p = FixBuf::<64>::new();
     p.str("/proc/self/fdinfo/").i64(fd as i64);
-    read_text(p.as_cstr())
+    read_proc_string(p.as_cstr())
 }
 
 /// Reads all of a regular file through `fd` without moving its offset.
@@ -589,7 +574,7 @@ fn describe_anon(fd: i32, path: &str) -> (FdKind, FdRestore) {
 /// The file locks this process holds (POSIX locks by its pid; flock and OFD locks by
 /// whether one of its open file descriptions holds them).
 pub fn locks_held(pid: i32, fds: &[(i32, i64)]) -> Vec<FileLock> {
-    let text = read_text(b"/proc/locks\0");
+    let text = read_proc_string(b"/proc/locks\0");
     let mut out = Vec::new();
     for l in crate::procfs::parse_locks(&text) {
         let matching = fds.iter().map(|&(fd, _)| fd).filter(|&fd| {

@@ -180,7 +180,8 @@ fn read_proc(path: &[u8]) -> Result<Vec<u8>, String> {
     Ok(v)
 }
 
-fn read_proc_string(path: &[u8]) -> String {
+/// A /proc file as text; empty if it cannot be read.
+pub(crate) fn read_proc_string(path: &[u8]) -> String {
     read_proc(path)
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .unwrap_or_default()
