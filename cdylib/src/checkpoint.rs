@@ -831,64 +831,102 @@ fn copy_shared_memory(cap: &mut Capture) {
     let Ok(fd) = sys::open(b"/proc/self/maps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) else {
         return;
     };
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = sys::read(fd, &mut buf) {
-        if n == 0 {
-            break;
+    let mut budget = MAX_SHARED_COPY;
+    // Asking the kernel for just the shared writable mappings costs one ioctl per such
+    // mapping (most programs have none), where the text of /proc/self/maps costs time in
+    // proportion to every mapping of the process, all inside the pause.
+    let wanted = sys::PROCMAP_QUERY_VMA_READABLE
+        | sys::PROCMAP_QUERY_VMA_WRITABLE
+        | sys::PROCMAP_QUERY_VMA_SHARED;
+    let mut addr = 0u64;
+    let mut name = [0u8; 4096];
+    let queried = loop {
+        match sys::procmap_next(fd, addr, wanted, &mut name) {
+            Ok(Some(vma)) => {
+                let nm = name.get(..vma.name_len).unwrap_or(&[]);
+                let (copies, n) = (&mut cap.shared_copies, &mut cap.n_shared_copies);
+                copy_if_shared_anon(copies, n, (vma.start, vma.end), vma.inode, nm, &mut budget);
+                if vma.end <= addr {
+                    break true;
+                }
+                addr = vma.end;
+            }
+            Ok(None) => break true,
+            Err(_) => break false,
         }
-        cap.maps_text.push(&buf[..n]);
+    };
+    if !queried {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sys::read(fd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            cap.maps_text.push(&buf[..n]);
+        }
+        let (text, copies, n) = (
+            cap.maps_text.as_bytes(),
+            &mut cap.shared_copies,
+            &mut cap.n_shared_copies,
+        );
+        for line in text.split(|&c| c == b'\n') {
+            let Some(MapsLine {
+                start,
+                end,
+                perms,
+                inode,
+                name,
+            }) = split_maps_line(line)
+            else {
+                continue;
+            };
+            if perms.len() < 4 || perms[3] != b's' || perms[1] != b'w' || perms[0] != b'r' {
+                continue;
+            }
+            copy_if_shared_anon(copies, n, (start, end), inode, name, &mut budget);
+        }
     }
     sys::close(fd);
-    let mut budget = MAX_SHARED_COPY;
-    let text = cap.maps_text.as_bytes();
-    for line in text.split(|&c| c == b'\n') {
-        let Some(MapsLine {
-            start,
-            end,
-            perms,
-            inode,
-            name,
-        }) = split_maps_line(line)
-        else {
-            continue;
-        };
-        let shared_anon = inode == 0
-            || name.starts_with(b"/SYSV")
-            || name.starts_with(b"/memfd:")
-            || name.starts_with(b"/dev/zero");
-        if perms.len() < 4
-            || perms[3] != b's'
-            || perms[1] != b'w'
-            || perms[0] != b'r'
-            || !shared_anon
-        {
-            continue;
-        }
-        let len = end - start;
-        if len > budget || cap.n_shared_copies >= cap.shared_copies.len() {
-            continue;
-        }
-        // SAFETY: a fresh private anonymous mapping.
-        let Ok(copy) = (unsafe {
-            sys::mmap(
-                0,
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        }) else {
-            continue;
-        };
-        // SAFETY: both ranges are mapped readable/writable for len bytes and distinct.
-        unsafe {
-            core::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len as usize)
-        };
-        budget -= len;
-        cap.shared_copies[cap.n_shared_copies] = (start, len, copy as u64);
-        cap.n_shared_copies += 1;
+}
+
+/// Copies a shared writable mapping now if it is anonymous memory (shared anonymous, SysV,
+/// memfd, /dev/zero), which the writer saves from this copy.
+fn copy_if_shared_anon(
+    copies: &mut [(u64, u64, u64)],
+    n_copies: &mut usize,
+    (start, end): (u64, u64),
+    inode: u64,
+    name: &[u8],
+    budget: &mut u64,
+) {
+    let shared_anon = inode == 0
+        || name.starts_with(b"/SYSV")
+        || name.starts_with(b"/memfd:")
+        || name.starts_with(b"/dev/zero");
+    if !shared_anon || end <= start {
+        return;
     }
+    let len = end - start;
+    if len > *budget || *n_copies >= copies.len() {
+        return;
+    }
+    // SAFETY: a fresh private anonymous mapping.
+    let Ok(copy) = (unsafe {
+        sys::mmap(
+            0,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    }) else {
+        return;
+    };
+    // SAFETY: both ranges are mapped readable/writable for len bytes and distinct.
+    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, len as usize) };
+    *budget -= len;
+    copies[*n_copies] = (start, len, copy as u64);
+    *n_copies += 1;
 }
 
 fn drop_shared_copies(cap: &mut Capture) {

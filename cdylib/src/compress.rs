@@ -30,6 +30,11 @@ const DONE: u32 = 3;
 
 struct SlotData {
     raw: Vec<u8>,
+    /// The chunk's pages in place in the snapshot (start, bytes), when they are one
+    /// contiguous span of droppable memory: compressed and written from there, no copy.
+    direct: Option<(u64, usize)>,
+    /// Spans to drop once a direct chunk is written (its pages are read until then).
+    drop_after: Vec<(u64, usize)>,
     compressed: Vec<u8>,
     runs: Vec<PageRun>,
     cctx: *mut zstd_sys::ZSTD_CCtx,
@@ -39,6 +44,22 @@ struct SlotData {
     stored_len: u64,
     crc32: u32,
     compression: Compression,
+}
+
+impl SlotData {
+    fn raw_len(&self) -> usize {
+        self.direct.map_or(self.raw.len(), |(_, len)| len)
+    }
+
+    /// The chunk's uncompressed bytes: in place, or gathered.
+    fn input(&self) -> &[u8] {
+        match self.direct {
+            // SAFETY: a direct span is the snapshot's own droppable pages, mapped and
+            // unchanged until drop_after runs, after the last use of this slice.
+            Some((start, len)) => unsafe { core::slice::from_raw_parts(start as *const u8, len) },
+            None => &self.raw,
+        }
+    }
 }
 
 struct Slot {
@@ -110,6 +131,8 @@ impl Chunker {
                 state: AtomicU32::new(FREE),
                 data: UnsafeCell::new(SlotData {
                     raw: Vec::with_capacity(CHUNK_PAGES * PAGE),
+                    direct: None,
+                    drop_after: Vec::with_capacity(64),
                     compressed: if level == 0 {
                         Vec::new()
                     } else {
@@ -187,17 +210,19 @@ impl Chunker {
     fn harvest(&mut self, i: usize) {
         // SAFETY: the slot is DONE: only the writer thread touches it now.
         let d = unsafe { &mut *self.shared.slots[i].data.get() };
-        self.bytes_raw += d.raw.len() as u64;
+        let raw_len = d.raw_len() as u64;
+        self.bytes_raw += raw_len;
         self.bytes_stored += d.stored_len;
         self.chunks.push(Chunk {
             offset: d.offset,
             stored_len: d.stored_len,
-            raw_len: d.raw.len() as u64,
+            raw_len,
             compression: d.compression,
             crc32: d.crc32,
             runs: core::mem::take(&mut d.runs),
         });
         d.raw.clear();
+        d.direct = None;
         self.shared.slots[i].state.store(FREE, Ordering::SeqCst);
     }
 
@@ -223,7 +248,16 @@ impl Chunker {
         }
     }
 
-    pub fn add_page(&mut self, addr: u64, page: &[u8], droppable: bool) -> Result<(), String> {
+    /// Adds one page to the current chunk. `in_place`: `page` is the snapshot's own page at
+    /// `addr`, which nothing changes until the chunk is written (droppable memory): a chunk
+    /// of such pages at consecutive addresses is compressed and written from where it is.
+    pub fn add_page(
+        &mut self,
+        addr: u64,
+        page: &[u8],
+        droppable: bool,
+        in_place: bool,
+    ) -> Result<(), String> {
         let i = match self.current {
             Some(i) => i,
             None => {
@@ -249,8 +283,24 @@ impl Chunker {
                 self.droppable.push(droppable);
             }
         }
-        d.raw.extend_from_slice(page);
-        if d.raw.len() >= CHUNK_PAGES * PAGE {
+        let in_place = in_place && page.as_ptr() as u64 == addr && page.len() == PAGE;
+        match d.direct {
+            None if in_place && d.raw.is_empty() => d.direct = Some((addr, PAGE)),
+            Some((start, len)) if in_place && start + len as u64 == addr => {
+                d.direct = Some((start, len + PAGE))
+            }
+            Some((start, len)) => {
+                // Not contiguous any more: gather what was in place, then go on copying.
+                // SAFETY: start..start+len are the snapshot's pages added above, still mapped
+                // (they are dropped only after the chunk is written).
+                let span = unsafe { core::slice::from_raw_parts(start as *const u8, len) };
+                d.raw.extend_from_slice(span);
+                d.raw.extend_from_slice(page);
+                d.direct = None;
+            }
+            None => d.raw.extend_from_slice(page),
+        }
+        if d.raw_len() >= CHUNK_PAGES * PAGE {
             self.submit()?;
         }
         Ok(())
@@ -262,14 +312,18 @@ impl Chunker {
             return Ok(());
         };
         // SAFETY: slot i is still owned by the writer thread.
-        let d = unsafe { &*self.shared.slots[i].data.get() };
-        if d.raw.is_empty() {
+        let d = unsafe { &mut *self.shared.slots[i].data.get() };
+        if d.raw_len() == 0 {
             return Ok(());
         }
-        // The pages are copied: this copy of them is not needed any more. Dropping it now lets
-        // the running application write those pages without copying them.
+        // Once the pages are copied (or, for a chunk read in place, written), this copy of
+        // them is not needed any more. Dropping it lets the running application write those
+        // pages without copying them.
+        d.drop_after.clear();
         for (r, &drop) in d.runs.iter().zip(&self.droppable) {
-            if drop {
+            if drop && d.direct.is_some() {
+                d.drop_after.push((r.addr, (r.pages * PAGE_SIZE) as usize));
+            } else if drop {
                 // SAFETY: private anonymous pages of the application's snapshot that the
                 // writer never reads again (its own data is never marked droppable).
                 let _ = unsafe {
@@ -333,7 +387,7 @@ impl Chunker {
                 if v == 0 {
                     break;
                 }
-                sys::futex_wait(t, v, 100_000_000);
+                sys::futex_wait_tid(t, v, 100_000_000);
             }
         }
     }
@@ -361,29 +415,31 @@ fn process_slot(sh: &Shared, i: usize) {
     // SAFETY: the caller moved the slot to BUSY: it is ours alone.
     let d = unsafe { &mut *slot.data.get() };
     let mut compression = Compression::None;
-    let mut stored_len = d.raw.len();
+    let (out_ptr, out_cap) = (d.compressed.as_mut_ptr(), d.compressed.len());
+    let input = d.input();
+    let mut stored_len = input.len();
     if !d.cctx.is_null() {
         // SAFETY: cctx is this slot's static context; src and dst are valid for their lengths.
         let n = unsafe {
             zstd_sys::ZSTD_compressCCtx(
                 d.cctx,
-                d.compressed.as_mut_ptr() as *mut core::ffi::c_void,
-                d.compressed.len(),
-                d.raw.as_ptr() as *const core::ffi::c_void,
-                d.raw.len(),
+                out_ptr as *mut core::ffi::c_void,
+                out_cap,
+                input.as_ptr() as *const core::ffi::c_void,
+                input.len(),
                 sh.level,
             )
         };
         // SAFETY: pure check of a return code.
         let failed = unsafe { zstd_sys::ZSTD_isError(n) } != 0;
-        if !failed && n < d.raw.len() {
+        if !failed && n < input.len() {
             compression = Compression::Zstd;
             stored_len = n;
         }
     }
     let bytes: &[u8] = match compression {
         Compression::Zstd => d.compressed.get(..stored_len).unwrap_or(&[]),
-        Compression::None => &d.raw,
+        Compression::None => input,
     };
     // Reserve the chunk's place; store-only chunks are page-aligned so a restart could map
     // them straight from the file.
@@ -430,9 +486,15 @@ fn process_slot(sh: &Shared, i: usize) {
     }
     // Start writing it back now, so the final fsync has little left to wait for.
     sys::sync_file_range_start(sh.fd, offset, stored_len as u64);
+    let crc32 = image::crc32(bytes);
+    for &(addr, len) in &d.drop_after {
+        // SAFETY: private anonymous pages of the application's snapshot that were only read
+        // for this chunk, which is written (`input` and `bytes` are not used past here).
+        let _ = unsafe { sys::madvise(addr as usize, len, libc::MADV_DONTNEED) };
+    }
     d.offset = offset;
     d.stored_len = stored_len as u64;
-    d.crc32 = image::crc32(bytes);
+    d.crc32 = crc32;
     d.compression = compression;
     slot.state.store(DONE, Ordering::SeqCst);
     sh.done_seq.fetch_add(1, Ordering::SeqCst);
@@ -443,6 +505,7 @@ fn process_slot(sh: &Shared, i: usize) {
 extern "C" fn worker_main(arg: u64) -> ! {
     // SAFETY: arg is the Shared the Chunker keeps alive until this thread has exited.
     let sh = unsafe { &*(arg as *const Shared) };
+    let _ = sys::prctl(libc::PR_SET_NAME, c"fp-compress".as_ptr() as usize, 0, 0, 0);
     loop {
         let seq = sh.work_seq.load(Ordering::SeqCst);
         let mut took = false;

@@ -147,7 +147,7 @@ pub struct Capture {
     /// application writes the shared pages on after the fork): (start, len, copy address).
     pub shared_copies: [(u64, u64, u64); 32],
     pub n_shared_copies: usize,
-    /// /proc/self/maps, read in the pause.
+    /// /proc/self/maps, read in the pause on kernels without PROCMAP_QUERY.
     pub maps_text: FixBuf<262144>,
     /// MADV_DONTFORK / WIPEONFORK ranges lifted for the fork: (start, len, wipe).
     pub advised: [(u64, u64, bool); 64],

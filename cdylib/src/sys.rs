@@ -445,6 +445,22 @@ pub fn timer_settime_interval(id: i32, interval_ns: u64) -> SysResult {
 /// Waits while `*word == val`, at most `timeout_ns` (0: no limit). Returns on wake, timeout,
 /// signal or value change; callers re-check their condition.
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: u64) {
+    futex_wait_op(
+        word,
+        val,
+        timeout_ns,
+        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+    )
+}
+
+/// As `futex_wait`, for a thread's CLONE_CHILD_CLEARTID word: the kernel wakes it at the
+/// thread's exit with a shared (not private) FUTEX_WAKE, which a private wait never sees
+/// (the wait would only end at its timeout).
+pub fn futex_wait_tid(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: u64) {
+    futex_wait_op(word, val, timeout_ns, libc::FUTEX_WAIT)
+}
+
+fn futex_wait_op(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: u64, op: i32) {
     let ts = libc::timespec {
         tv_sec: (timeout_ns / 1_000_000_000) as i64,
         tv_nsec: (timeout_ns % 1_000_000_000) as i64,
@@ -454,18 +470,8 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: u6
     } else {
         &ts as *const libc::timespec as usize
     };
-    // SAFETY: word is a valid aligned u32; FUTEX_WAIT_PRIVATE reads it.
-    let _ = unsafe {
-        sc!(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            val,
-            tsp,
-            0,
-            0
-        )
-    };
+    // SAFETY: word is a valid aligned u32; FUTEX_WAIT only reads it.
+    let _ = unsafe { sc!(libc::SYS_futex, word.as_ptr(), op, val, tsp, 0, 0) };
 }
 
 pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
@@ -803,4 +809,79 @@ pub fn sigpending() -> u64 {
     // SAFETY: an 8-byte kernel sigset.
     let _ = unsafe { sc!(libc::SYS_rt_sigpending, &mut set as *mut u64, 8) };
     set
+}
+
+/// `struct procmap_query` (linux/fs.h, kernel 6.11+).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: usize = 0xC068_6611;
+pub const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
+pub const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
+pub const PROCMAP_QUERY_VMA_SHARED: u64 = 0x08;
+const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+
+/// A mapping found by `procmap_next`: (start, end, inode), its name in the caller's buffer.
+pub struct VmaFound {
+    pub start: u64,
+    pub end: u64,
+    pub inode: u64,
+    pub name_len: usize,
+}
+
+/// The first mapping at or above `addr` whose permissions include all of `flags`
+/// (PROCMAP_QUERY_VMA_*), asked of an open `/proc/self/maps` without generating its text.
+/// Ok(None): there is none; Err(ENOTTY/EINVAL): the kernel predates the query (before 6.11).
+pub fn procmap_next(
+    maps_fd: i32,
+    addr: u64,
+    flags: u64,
+    name: &mut [u8],
+) -> Result<Option<VmaFound>, i32> {
+    let mut q = ProcmapQuery {
+        size: core::mem::size_of::<ProcmapQuery>() as u64,
+        query_flags: flags | PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+        query_addr: addr,
+        vma_name_size: name.len().min(u32::MAX as usize) as u32,
+        vma_name_addr: name.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: the kernel reads and writes `q` (its size is in q.size) and writes at most
+    // vma_name_size bytes of the name into `name`.
+    match unsafe {
+        sc!(
+            libc::SYS_ioctl,
+            maps_fd,
+            PROCMAP_QUERY,
+            &mut q as *mut ProcmapQuery
+        )
+    } {
+        Ok(_) => Ok(Some(VmaFound {
+            start: q.vma_start,
+            end: q.vma_end,
+            inode: q.inode,
+            // The size includes the terminating NUL.
+            name_len: (q.vma_name_size as usize).saturating_sub(1).min(name.len()),
+        })),
+        Err(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }

@@ -41,6 +41,8 @@ pub extern "C" fn writer_main() -> ! {
     // A non-dumpable process's /proc files belong to root: the writer (not the application)
     // makes itself dumpable so it can read its own pagemap and maps.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+    // So top, ps and perf tell the writer from the application.
+    let _ = sys::prctl(libc::PR_SET_NAME, c"fp-writer".as_ptr() as usize, 0, 0, 0);
     if let Some(n) = rt.config.writer_nice {
         sys::setpriority_self(n);
     }
@@ -110,6 +112,9 @@ struct Done {
     pages: u64,
     pause_ns: u64,
     write_ns: u64,
+    /// Monotonic times the memory walk and the last chunk were done (debug log).
+    t_walked: u64,
+    t_chunks: u64,
 }
 
 pub fn errno_text(e: i32) -> &'static str {
@@ -217,9 +222,13 @@ fn is_zero_page(p: &[u8]) -> bool {
         // SAFETY: u64 has no invalid bit patterns; align_to splits correctly.
         unsafe { p.align_to::<u64>() }
     };
+    // Most stored pages are not zero and say so in their first bytes: look there first,
+    // then in blocks of 64 bytes, stopping at the first non-zero block.
     pre.iter().all(|&b| b == 0)
         && post.iter().all(|&b| b == 0)
-        && words.iter().fold(0u64, |a, &w| a | w) == 0
+        && words
+            .chunks(8)
+            .all(|b| b.iter().fold(0u64, |a, &w| a | w) == 0)
 }
 
 /// Ranges of this library's own mutable state, which the writer keeps using: never dropped.
@@ -291,8 +300,23 @@ fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Do
             return Err(e);
         }
     };
+    let t_written = sys::monotonic_ns();
     sys::fsync(fd).map_err(|e| os_err("cannot fsync", &out.path, e))?;
     sys::close(fd);
+    if report::log_enabled(LogLevel::Debug) {
+        let ms = |a: u64, b: u64| b.saturating_sub(a) / 1_000_000;
+        let mut l = report::Line::new();
+        l.str("checkpoint ")
+            .u64(cap.seq)
+            .str(": memory walked after ");
+        l.u64(ms(t_child, done.t_walked))
+            .str(" ms, chunks written after ");
+        l.u64(ms(t_child, done.t_chunks))
+            .str(" ms, metadata after ");
+        l.u64(ms(t_child, t_written)).str(" ms, fsync ");
+        l.u64(ms(t_written, sys::monotonic_ns())).str(" ms");
+        report::log(LogLevel::Debug, l.as_bytes());
+    }
     let mut fin = FixBuf::<4200>::new();
     fin.push(cap.out_path.as_bytes());
     sys::rename(&tmp_path, fin.as_cstr())
@@ -507,6 +531,7 @@ fn write_body(
                         .iter()
                         .find(|&&(s, l, _)| addr >= s && addr < s + l)
                         .map(|&(s, _, buf)| buf + (addr - s));
+                    let in_place = droppable && readable_direct && copied.is_none();
                     let page: &[u8] = if let Some(src) = copied {
                         // SAFETY: the private copy the parent made of this shared page during
                         // the pause (mapped, readable, as long as the mapping).
@@ -530,7 +555,7 @@ fn write_body(
                         continue;
                     }
                     meta.stats.pages_stored += 1;
-                    chunker.add_page(addr, page, droppable)?;
+                    chunker.add_page(addr, page, droppable, in_place)?;
                 }
                 i += batch;
             }
@@ -556,7 +581,9 @@ fn write_body(
             approximation,
         });
     }
+    let t_walked = sys::monotonic_ns();
     let (chunks, chunks_end) = chunker.finish()?;
+    let t_chunks = sys::monotonic_ns();
     out.pos = chunks_end;
     sys::close(pagemap);
     sys::close(selfmem);
@@ -584,6 +611,8 @@ fn write_body(
         pages: meta.stats.pages_stored,
         pause_ns: meta.stats.pause_ns,
         write_ns: sys::monotonic_ns().saturating_sub(t_child),
+        t_walked,
+        t_chunks,
     })
 }
 
@@ -765,10 +794,21 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
             advice: advice.into(),
         });
     }
-    // mlock is not inherited by fork: the parent's smaps says which ranges it locked.
+    // mlock is not inherited by fork: the parent's smaps says which ranges it locked. Reading
+    // smaps walks every page table of the running parent: only when its status says it has
+    // locked memory at all.
+    let mut status = FixBuf::<64>::new();
+    status.str("/proc/").i64(cap.pid as i64).str("/status");
+    let status_text = read_proc_string(status.as_cstr());
+    let locked = procfs::status_field(&status_text, "VmLck")
+        .is_none_or(|v| v.split_whitespace().next() != Some("0"));
     let mut smaps = FixBuf::<64>::new();
     smaps.str("/proc/").i64(cap.pid as i64).str("/smaps");
-    let smaps_text = read_proc_string(smaps.as_cstr());
+    let smaps_text = if locked {
+        read_proc_string(smaps.as_cstr())
+    } else {
+        String::new()
+    };
     for (start, end) in procfs::smaps_ranges_with_flag(&smaps_text, "lo") {
         meta.memory_advice.push(image::MemoryAdvice {
             start,
