@@ -301,7 +301,6 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     cap.time_unix_ns = sys::clock_ns(libc::CLOCK_REALTIME);
     cap.report_path.clear();
     cap.report_path.push(report_path.as_bytes());
-    choose_output_path(cap, rt, pid, id);
     slots[0].tid = me;
     capture_thread(&mut slots[0], rt, uctx);
     cap.shared_pending = slots[..n_threads].iter().fold(!0u64, |a, t| a & t.pending);
@@ -584,7 +583,9 @@ fn request_pending(pid: i32, id: u64) -> bool {
     sys::stat(req.as_cstr()).is_ok_and(|st| st.st_uid == sys::getuid())
 }
 
-fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
+/// Called by the writer, not in the pause: reading and removing the request file costs
+/// file-system calls the application need not wait for.
+pub(crate) fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
     cap.out_path.clear();
     if id != 0 {
         // `forkpoint checkpoint --output` leaves the path in request.<id>.

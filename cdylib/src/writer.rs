@@ -33,11 +33,18 @@ pub extern "C" fn writer_main() -> ! {
     // Signals meant for the application (a terminal's ^C to the process group, the
     // application's timers) must not run its handlers here. SIGKILL still ends us.
     sys::sigmask_set(libc::SIG_SETMASK, !0u64);
-    // SAFETY: the child has one thread and the parent no longer writes this copy.
-    let cap: &Capture = unsafe { &*CAPTURE.get() };
     let Some(rt) = RUNTIME.get() else {
         sys::exit_group(3)
     };
+    {
+        // SAFETY: the child has one thread and its copy of CAPTURE is its own; this is the
+        // only mutable borrow, ended before the shared one below.
+        let cap = unsafe { &mut *CAPTURE.get() };
+        let (pid, id) = (cap.pid, cap.request_id);
+        crate::checkpoint::choose_output_path(cap, rt, pid, id);
+    }
+    // SAFETY: the child has one thread and the parent no longer writes this copy.
+    let cap: &Capture = unsafe { &*CAPTURE.get() };
     // A non-dumpable process's /proc files belong to root: the writer (not the application)
     // makes itself dumpable so it can read its own pagemap and maps.
     let _ = sys::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
