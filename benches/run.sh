@@ -15,6 +15,8 @@
 #                        of all of it every few ms (the default, the worst case for copy-on-write)
 #   --no-criu            skip the CRIU columns
 #   --no-criu-install    never try `apt-get install criu`
+#                        (CRIU=/path/to/criu selects the binary; default target/criu/criu, built by
+#                        benches/build-criu.sh, else criu in PATH)
 #   --workdir DIR        where the workload, its dump, the images live (default: a new dir in $TMPDIR or /tmp)
 #   --out DIR            where results.md / results.csv go (default: target/bench)
 #   --build              run `cargo build --release --workspace` first
@@ -179,37 +181,51 @@ gcc -O2 -pthread -o "$W/workload" "$ROOT/examples/workload.c" || die "cannot com
 gcc -O2 -pthread -o "$W/faultin" "$ROOT/benches/faultin.c" || die "cannot compile benches/faultin.c"
 [ -n "$LEVEL" ] && export FORKPOINT_ZSTD_LEVEL=$LEVEL
 
-# CRIU: usable only if `criu check` passes (Debian 12's 3.17 fails on kernels >= 6.13: vvar split).
+# CRIU: usable only if `criu check` passes (Debian 12's 3.17 fails on kernels >= 6.13: vvar split;
+# benches/build-criu.sh builds a newer one into target/criu/criu). The binary: $CRIU, else
+# target/criu/criu, else `criu` in PATH.
 CRIU_OK=0
 CRIU_WHY=""
+CRIU=${CRIU:-}
+CRIU_BUILD="benches/build-criu.sh builds CRIU >= 4.1 into target/criu/criu"
 criu_probe() {
     if [ "$CRIU_WANTED" = 0 ]; then CRIU_WHY="skipped: --no-criu"; return; fi
-    if ! command -v criu >/dev/null && [ "$CRIU_INSTALL" = 1 ] && [ "$(id -u)" = 0 ] &&
-        command -v apt-get >/dev/null && [ ! -e "$OUT/.criu-install-tried" ]; then
-        log "criu not installed: trying apt-get install -y criu (once; --no-criu-install to skip)"
-        touch "$OUT/.criu-install-tried"
-        timeout 300 apt-get install -y -q criu >"$W/apt.log" 2>&1 ||
-            log "apt-get install criu failed: $(tail -1 "$W/apt.log")"
-    fi
-    if ! command -v criu >/dev/null; then
-        CRIU_WHY="skipped: criu is not installed"
-        [ "$(id -u)" != 0 ] && CRIU_WHY="$CRIU_WHY (installing it needs root)"
-        return
+    if [ -n "$CRIU" ]; then
+        local c
+        c=$(command -v "$CRIU") && [ -f "$c" ] && [ -x "$c" ] || { CRIU_WHY="skipped: CRIU=$CRIU is not an executable ($CRIU_BUILD)"; return; }
+        CRIU=$c
+    elif [ -x "$ROOT/target/criu/criu" ]; then
+        CRIU=$ROOT/target/criu/criu
+    else
+        if ! command -v criu >/dev/null && [ "$CRIU_INSTALL" = 1 ] && [ "$(id -u)" = 0 ] &&
+            command -v apt-get >/dev/null && [ ! -e "$OUT/.criu-install-tried" ]; then
+            log "criu not installed: trying apt-get install -y criu (once; --no-criu-install to skip)"
+            touch "$OUT/.criu-install-tried"
+            timeout 300 apt-get install -y -q criu >"$W/apt.log" 2>&1 ||
+                log "apt-get install criu failed: $(tail -1 "$W/apt.log")"
+        fi
+        if ! CRIU=$(command -v criu); then
+            CRIU_WHY="skipped: criu is not installed ($CRIU_BUILD)"
+            [ "$(id -u)" != 0 ] && CRIU_WHY="$CRIU_WHY (installing it needs root)"
+            return
+        fi
     fi
     local ver out rc
-    ver=$(criu --version 2>/dev/null | grep -io 'version: *[0-9.]*' | grep -o '[0-9.]*$')
-    out=$(timeout 120 criu check 2>&1); rc=$?
+    ver=$(timeout 10 "$CRIU" --version 2>/dev/null | grep -io 'version: *[0-9.]*' | grep -o '[0-9.]*$')
+    out=$(timeout 120 "$CRIU" check 2>&1); rc=$?
     if [ $rc -ne 0 ] || ! grep -q 'Looks good' <<<"$out"; then
         local err
         err=$(grep -i 'error' <<<"$out" | grep -v 'exited, status' | head -1 | sed 's/^ *//; s/|//g' | cut -c1-160)
         [ -z "$err" ] && err=$(tail -1 <<<"$out" | cut -c1-160)
-        CRIU_WHY="skipped: criu ${ver:-?} fails 'criu check' on kernel $(uname -r) (CRIU < 4.1 does not know the 6.13 vvar split): $err"
+        local why="CRIU < 4.1 does not know the 6.13 vvar split; $CRIU_BUILD; CRIU=/path selects one"
+        [ "$(id -u)" != 0 ] && why="it needs root; $why"
+        CRIU_WHY="skipped: criu ${ver:-?} ($CRIU) fails 'criu check' on kernel $(uname -r) ($why): $err"
         return
     fi
     CRIU_OK=1
 }
 criu_probe
-[ "$CRIU_OK" = 1 ] && log "criu $(criu --version 2>/dev/null | head -1): check passed, CRIU columns on" || log "CRIU $CRIU_WHY"
+[ "$CRIU_OK" = 1 ] && log "criu $(timeout 10 "$CRIU" --version 2>/dev/null | head -1) ($CRIU): check passed, CRIU columns on" || log "CRIU $CRIU_WHY"
 
 # ---------------------------------------------------------------- output files
 HDR="| size | pattern | app stall during checkpoint (us) | bare fork() (us) | stall / fork | durable image (ms) | zstd -1 -T$NPROC + fsync (ms) | durable / zstd | image | zstd output | image / zstd | restart to next tick (ms) | zstd -d on $NPROC CPUs (ms) | restart / zstd -d | app speed during write (page faults) | CRIU dump (ms) | CRIU image | CRIU restore (ms) |"
@@ -372,20 +388,23 @@ run_case() {
         rm -rf "$cd"; mkdir -p "$cd"; rm -f "$cout"
         "$W/workload" "$mib" "$pat" - "$THREADS" "$APPWRITE" >"$cout" 2>/dev/null </dev/null &
         cpid=$!
+        disown "$cpid"   # criu dump SIGKILLs it: no "Killed" job report (bash still reaps it)
         CHILDREN+=("$cpid")
         if wait_count "$cout" '^ready' 1 600 "$cpid"; then
             sleep 0.3
             t0=${EPOCHREALTIME/./}
-            timeout 300 criu dump -t "$cpid" -D "$cd" --shell-job >"$W/criu-dump.log" 2>&1
+            timeout 300 "$CRIU" dump -t "$cpid" -D "$cd" --shell-job >"$W/criu-dump.log" 2>&1
             rc=$?
             t1=${EPOCHREALTIME/./}
             if [ $rc -eq 0 ]; then
-                wait "$cpid" 2>/dev/null; forget "$cpid"   # criu killed it; free its PID for restore
+                # criu killed it; restore needs its PID free: until bash has reaped it
+                for i in $(seq 1 250); do [ -e "/proc/$cpid" ] || break; sleep 0.02; done
+                forget "$cpid"
                 cdump=$(( (t1 - t0) / 1000 ))
                 cbytes=$(du -sb "$cd" | cut -f1)
                 t0=${EPOCHREALTIME/./}
                 FOREIGN+=("$cpid")
-                timeout 300 criu restore -D "$cd" --shell-job -d >"$W/criu-restore.log" 2>&1
+                timeout 300 "$CRIU" restore -D "$cd" --shell-job -d >"$W/criu-restore.log" 2>&1
                 rc=$?
                 if [ $rc -eq 0 ] && res=$(wait_tick_after "$cout" "$t0" 120 "$cpid"); then
                     crest=$res
