@@ -142,4 +142,25 @@ unsafe impl GlobalAlloc for ForkSafeAlloc {
         }
         np
     }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !in_writer_mode() {
+            // SAFETY: forwarded with the caller's layout.
+            return unsafe { System.alloc_zeroed(layout) };
+        }
+        // Arena memory above the high-water mark was never handed out: it is still the
+        // zeroed memory of the fresh mapping, and writing zeros there would only fault in
+        // pages (megabytes of compression buffers) before they are used.
+        let fresh_from = ARENA_PEAK.load(Ordering::Relaxed);
+        let p = bump(layout);
+        if !p.is_null() {
+            let start = p as usize;
+            let dirty_end = fresh_from.min(start + layout.size());
+            if dirty_end > start {
+                // SAFETY: start..dirty_end lies inside the block just handed out.
+                unsafe { core::ptr::write_bytes(p, 0, dirty_end - start) };
+            }
+        }
+        p
+    }
 }
