@@ -10,9 +10,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut scratch = Vec::new();
+    let mut reader = forkpoint_image::read::ChunkReader::new();
     for (i, c) in img.metadata.chunks.iter().enumerate() {
         // Validation bounds raw_len by MAX_CHUNK_RAW_LEN (64 MiB).
         let mut out = vec![0u8; c.raw_len as usize];
-        let _ = img.read_chunk(i, &mut scratch, &mut out);
+        let a = img.read_chunk(i, &mut scratch, &mut out).is_ok();
+        // The restart's reader (straight into the destination, reused buffers) must agree.
+        let mut direct = vec![0u8; c.raw_len as usize];
+        let b = img.read_chunk_into(i, &mut reader, &mut direct).is_ok();
+        assert_eq!(a, b, "read_chunk and read_chunk_into disagree on chunk {i}");
+        if a {
+            assert!(out == direct, "read_chunk and read_chunk_into differ on chunk {i}");
+        }
     }
 });

@@ -307,6 +307,81 @@ impl<R: ReadAt> ImageFile<R> {
         Ok(out)
     }
 
+    /// Like [`ImageFile::read_chunk`], for many chunks in a row on one thread: reuses
+    /// `reader`'s buffer and zstd context, and reads a store-only chunk straight into `out`,
+    /// checking its CRC there piece by piece as it arrives (no second copy). On error `out`
+    /// holds unspecified bytes.
+    pub fn read_chunk_into(
+        &self,
+        index: usize,
+        reader: &mut ChunkReader,
+        out: &mut [u8],
+    ) -> Result<(), ReadError> {
+        let chunk = self.chunk(index)?;
+        if out.len() as u64 != chunk.raw_len {
+            return Err(ReadError::Chunk {
+                index,
+                reason: "output buffer size mismatch".into(),
+            });
+        }
+        match chunk.compression {
+            Compression::None => {
+                if chunk.stored_len != chunk.raw_len {
+                    return Err(ReadError::Chunk {
+                        index,
+                        reason: "stored length differs from raw length".into(),
+                    });
+                }
+                let mut crc = crc32fast::Hasher::new();
+                let mut at = chunk.offset;
+                for piece in out.chunks_mut(DIRECT_READ_PIECE) {
+                    read_exact_at(&self.source, piece, at)?;
+                    crc.update(piece);
+                    at = at.saturating_add(piece.len() as u64);
+                }
+                if crc.finalize() != chunk.crc32 {
+                    return Err(ReadError::BadCrc {
+                        what: format!("chunk {index} (file offset {})", chunk.offset),
+                    });
+                }
+                Ok(())
+            }
+            Compression::Zstd => {
+                // The buffer only grows (zero-filling just the new part): no memset per chunk.
+                // Validation bounded stored_len by the file's length.
+                let len = chunk.stored_len as usize;
+                if reader.scratch.len() < len {
+                    reader.scratch.resize(len, 0);
+                }
+                let stored = &mut reader.scratch[..len];
+                read_exact_at(&self.source, stored, chunk.offset)?;
+                if crc32(stored) != chunk.crc32 {
+                    return Err(ReadError::BadCrc {
+                        what: format!("chunk {index} (file offset {})", chunk.offset),
+                    });
+                }
+                let dctx = zstd_context(&mut reader.dctx).map_err(|e| ReadError::Chunk {
+                    index,
+                    reason: format!("zstd: {e}"),
+                })?;
+                // Each call decodes its frames from a fresh start, whatever the last one left.
+                let n = dctx
+                    .decompress_to_buffer(&*stored, out)
+                    .map_err(|e| ReadError::Chunk {
+                        index,
+                        reason: format!("zstd: {e}"),
+                    })?;
+                if n != out.len() {
+                    return Err(ReadError::Chunk {
+                        index,
+                        reason: format!("decompressed to {n} bytes, expected {}", out.len()),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Reads blob `index` (pipe contents, deleted file, ...) and checks its CRC.
     pub fn read_blob(&self, index: u32) -> Result<Vec<u8>, ReadError> {
         let blob = self
@@ -344,6 +419,42 @@ impl<R: ReadAt> ImageFile<R> {
     /// Gives the source back.
     pub fn into_source(self) -> R {
         self.source
+    }
+}
+
+/// Store-only chunks read straight into their destination are read in pieces of this many
+/// bytes, each checksummed while it is still in the cache.
+const DIRECT_READ_PIECE: usize = 256 << 10;
+
+/// What [`ImageFile::read_chunk_into`] reuses from one chunk to the next: a buffer for the
+/// stored bytes and a zstd decompression context. One per thread.
+#[derive(Default)]
+pub struct ChunkReader {
+    scratch: Vec<u8>,
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl ChunkReader {
+    pub fn new() -> ChunkReader {
+        ChunkReader::default()
+    }
+}
+
+impl fmt::Debug for ChunkReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkReader")
+            .field("scratch_len", &self.scratch.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reader's zstd context, created on first use.
+fn zstd_context<'a>(
+    slot: &'a mut Option<zstd::bulk::Decompressor<'static>>,
+) -> io::Result<&'a mut zstd::bulk::Decompressor<'static>> {
+    match slot {
+        Some(d) => Ok(d),
+        None => Ok(slot.insert(zstd::bulk::Decompressor::new()?)),
     }
 }
 
@@ -395,4 +506,93 @@ pub fn decode_chunk(
 fn read_exact_at<R: ReadAt + ?Sized>(src: &R, buf: &mut [u8], at: u64) -> Result<(), ReadError> {
     src.read_fully_at(buf, at)
         .map_err(|e| ReadError::Io(format!("reading {} bytes at offset {at}", buf.len()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{sample_metadata, ImageBuilder};
+
+    const PAGE: usize = PAGE_SIZE as usize;
+
+    /// Zstd chunks (large, then smaller: the reused buffer shrinks), a store-only chunk
+    /// longer than one direct-read piece, and one shorter.
+    fn image() -> Vec<u8> {
+        let mut meta = sample_metadata();
+        let start = meta.mappings[0].start;
+        meta.mappings[0].end = start + 256 * PAGE_SIZE;
+        let text: Vec<u8> = (0..100 * PAGE).map(|i| b"forkpoint "[i % 10]).collect();
+        let noise: Vec<u8> = (0..100 * PAGE as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut b = ImageBuilder::new(meta);
+        b.chunk_size(80 * PAGE_SIZE)
+            .pages(start, &noise[..80 * PAGE])
+            .pages(start + 80 * PAGE_SIZE, &text[..10 * PAGE])
+            .end_chunk()
+            .compression(Compression::None)
+            .pages(start + 100 * PAGE_SIZE, &noise[..80 * PAGE])
+            .pages(start + 180 * PAGE_SIZE, &text[..3 * PAGE])
+            .end_chunk()
+            .compression(Compression::Zstd)
+            .pages(start + 200 * PAGE_SIZE, &text[..PAGE]);
+        b.build()
+    }
+
+    fn by_read_chunk(img: &ImageFile<&[u8]>, i: usize) -> Result<Vec<u8>, String> {
+        let mut out = vec![0u8; img.metadata.chunks[i].raw_len as usize];
+        img.read_chunk(i, &mut Vec::new(), &mut out)
+            .map(|()| out)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn read_chunk_into_matches_read_chunk() {
+        let bytes = image();
+        let img = ImageFile::from_bytes(&bytes).unwrap();
+        let kinds: Vec<_> = img.metadata.chunks.iter().map(|c| c.compression).collect();
+        assert!(kinds.contains(&Compression::None) && kinds.contains(&Compression::Zstd));
+        assert!(img
+            .metadata
+            .chunks
+            .iter()
+            .any(|c| c.compression == Compression::None && c.raw_len as usize > DIRECT_READ_PIECE));
+        let mut reader = ChunkReader::new();
+        for (i, c) in img.metadata.chunks.iter().enumerate() {
+            let mut out = vec![0xa5u8; c.raw_len as usize];
+            img.read_chunk_into(i, &mut reader, &mut out).unwrap();
+            assert_eq!(out, by_read_chunk(&img, i).unwrap(), "chunk {i}");
+        }
+        // A buffer of the wrong size, or a chunk that does not exist, is refused.
+        let mut small = vec![0u8; PAGE];
+        assert!(img.read_chunk_into(0, &mut reader, &mut small).is_err());
+        assert!(img.read_chunk_into(99, &mut reader, &mut small).is_err());
+    }
+
+    #[test]
+    fn read_chunk_into_refuses_what_read_chunk_refuses() {
+        let bytes = image();
+        let img = ImageFile::from_bytes(&bytes).unwrap();
+        let good: Vec<Vec<u8>> = (0..img.metadata.chunks.len())
+            .map(|i| by_read_chunk(&img, i).unwrap())
+            .collect();
+        let chunk_area = FIRST_CHUNK_OFFSET as usize..img.footer.metadata_offset as usize;
+        // One damaged byte at a time, all over the chunk area; the reader is reused across
+        // failures and must still read the intact chunks.
+        let mut reader = ChunkReader::new();
+        for at in chunk_area.step_by(97) {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x5a;
+            let img = ImageFile::from_bytes(&damaged).unwrap();
+            for (i, c) in img.metadata.chunks.iter().enumerate() {
+                let mut out = vec![0u8; c.raw_len as usize];
+                let got = img.read_chunk_into(i, &mut reader, &mut out);
+                let want = by_read_chunk(&img, i);
+                assert_eq!(got.is_ok(), want.is_ok(), "byte {at}, chunk {i}");
+                if got.is_ok() {
+                    assert_eq!(out, good[i], "byte {at}, chunk {i}");
+                }
+            }
+        }
+    }
 }

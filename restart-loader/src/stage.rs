@@ -3,9 +3,10 @@
 //! of the running loader is touched: a failure here leaves it intact.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use forkpoint_image::read::ChunkReader;
 use forkpoint_image::{restore_info, Contents, ImageFile, MappingKind, Metadata, PAGE_SIZE};
 
 use crate::plan::Layout;
@@ -133,6 +134,14 @@ pub fn fill_regions(
     let next = AtomicUsize::new(0);
     let error: Mutex<Option<String>> = Mutex::new(None);
     let pages = AtomicUsize::new(0);
+    // Fresh staged pages are faulted in a run at a time before they are written (one call
+    // instead of a trap per page); off for good if the kernel does not know how.
+    let populate = AtomicBool::new(true);
+    let prefault = |dst: u64, len: u64| {
+        if populate.load(Ordering::Relaxed) && !sys::populate_write(dst, len) {
+            populate.store(false, Ordering::Relaxed);
+        }
+    };
     // The staging threads must be gone, not just done, before the restore blob runs: the
     // scope's implicit join only waits for the closures, so each is joined (pthread_join
     // waits for the kernel to clear the thread's tid, i.e. for the thread to have exited).
@@ -140,7 +149,7 @@ pub fn fill_regions(
         let mut handles = Vec::new();
         for _ in 0..threads.max(1).min(chunks.len().max(1)) {
             handles.push(scope.spawn(|| {
-                let mut scratch = Vec::new();
+                let mut reader = ChunkReader::new();
                 let mut out = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -150,8 +159,8 @@ pub fn fill_regions(
                     let c = &chunks[i];
                     let fail =
                         |msg: String| *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
-                    // A chunk of one run (the common case: a large region) is decompressed
-                    // straight into its staged pages; others through a buffer.
+                    // A chunk of one run (the common case: a large region) is decompressed, or
+                    // read, straight into its staged pages; others through a buffer.
                     if let [r] = c.runs.as_slice() {
                         let Some(dst) = stage.translate(r.addr, c.raw_len) else {
                             fail(format!(
@@ -160,16 +169,17 @@ pub fn fill_regions(
                             ));
                             return;
                         };
+                        prefault(dst, c.raw_len);
                         // SAFETY: dst..dst+raw_len is staged RW memory inside one mapping that
                         // only this thread writes (runs are disjoint, validated by the reader).
                         let staged = unsafe { sys::staged_slice(dst, c.raw_len) };
-                        if let Err(e) = img.read_chunk(i, &mut scratch, staged) {
+                        if let Err(e) = img.read_chunk_into(i, &mut reader, staged) {
                             fail(e.to_string());
                             break;
                         }
                     } else {
                         out.resize(c.raw_len as usize, 0);
-                        if let Err(e) = img.read_chunk(i, &mut scratch, &mut out) {
+                        if let Err(e) = img.read_chunk_into(i, &mut reader, &mut out) {
                             fail(e.to_string());
                             break;
                         }
@@ -183,6 +193,7 @@ pub fn fill_regions(
                                 ));
                                 return;
                             };
+                            prefault(dst, len);
                             // SAFETY: as above, for this run.
                             unsafe { sys::copy_to(dst, &out[off..off + len as usize]) };
                             off += len as usize;
