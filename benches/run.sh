@@ -119,6 +119,11 @@ wait_count() {
     done
 }
 
+# After removing large files: commit the journal now (with `-o discard`, ext4 discards the
+# freed blocks at commit, which can take the disk for a while) so that the next measurement
+# does not pay for it.
+settle_fs() { timeout 120 sync -f "$W" 2>/dev/null || true; }
+cp_last_zst=""
 median() { # numbers as arguments ("" and "-" ignored); prints the median or "-"
     printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.10g\n", (a[NR/2]+a[NR/2+1])/2}'
 }
@@ -246,6 +251,7 @@ run_case() {
     local mib=$1 pat=$2 runs=$3
     local out=$W/out.txt dump=$W/dump.bin wpid r i
     rm -f "$W"/out.txt "$W"/*.fpk "$W"/*.zst "$dump"
+    settle_fs
     log "$mib MiB $pat: starting the workload under forkpoint"
     "$FP" run --dir "$W" -- "$W/workload" "$mib" "$pat" "$dump" "$THREADS" "$APPWRITE" >"$out" 2>"$W/workload.err" </dev/null &
     wpid=$!
@@ -302,19 +308,22 @@ run_case() {
         fi
         sleep 0.3
 
-        rm -f "$W/dump.zst"
+        # Each run writes its own file: removing the last one here would make this run (or
+        # the next checkpoint) wait for the file system's discards of its blocks.
         report "$wpid" "$out"
         t0=${EPOCHREALTIME/./}
-        timeout 600 zstd -q -1 -T"$NPROC" -f "$dump" -o "$W/dump.zst"
+        timeout 600 zstd -q -1 -T"$NPROC" -f "$dump" -o "$W/dump.$r.zst"
         t1=${EPOCHREALTIME/./}
-        sync "$W/dump.zst"
+        sync "$W/dump.$r.zst"
         t2=${EPOCHREALTIME/./}
         report "$wpid" "$out"
         zs+=("$(( (t2 - t0) / 1000 ))"); zns+=("$(( (t1 - t0) / 1000 ))"); zstalls+=("$REP_STALL")
-        log "  zstd $r: $(( (t2 - t0) / 1000 )) ms, $(stat -c %s "$W/dump.zst" 2>/dev/null) bytes"
+        log "  zstd $r: $(( (t2 - t0) / 1000 )) ms, $(stat -c %s "$W/dump.$r.zst" 2>/dev/null) bytes"
+        cp_last_zst=$W/dump.$r.zst
         sleep 0.3
     done
     local image_bytes=""; [ ${#imgs[@]} -gt 0 ] && image_bytes=$(stat -c %s "${imgs[-1]}")
+    mv -f "$cp_last_zst" "$W/dump.zst" 2>/dev/null
     zbytes=$(stat -c %s "$W/dump.zst" 2>/dev/null)
 
     # Decompression baseline on all CPUs: the dump in NPROC pieces, each compressed alone
@@ -332,7 +341,8 @@ run_case() {
     # The original is not needed any more: stop it so that restarts and decompression run on
     # a quiet machine, and so that it does not write into the output file.
     stop "$wpid" child
-    rm -f "$dump"
+    rm -f "$dump" "$W"/dump.[0-9]*.zst
+    settle_fs
 
     # Single-stream decompression, once (details only).
     local d1
@@ -378,6 +388,7 @@ run_case() {
         rm -f "$img"
     done
     rm -f "$W"/piece.*.zst
+    settle_fs
     local fi_ms; fi_ms=$(median "${fis[@]}")
 
     # CRIU on the same workload (not preloaded), if it works here.
