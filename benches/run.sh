@@ -327,11 +327,18 @@ run_case() {
     zbytes=$(stat -c %s "$W/dump.zst" 2>/dev/null)
 
     # Decompression baseline on all CPUs: the dump in NPROC pieces, each compressed alone
-    # (zstd's CLI decompresses a single stream on one thread), decompressed in parallel.
-    local piece=$(( (mib + NPROC - 1) / NPROC )) pids=()
+    # (zstd's CLI decompresses a single stream on one thread) at the image's own level (how
+    # fast zstd decompresses depends on it), decompressed in parallel.
+    local piece=$(( (mib + NPROC - 1) / NPROC )) pids=() lvl zlvl
+    lvl=$(stat_of "$st" zstd_level)
+    case "$lvl" in
+        -*) zlvl="--fast=${lvl#-}" ;;
+        ''|0) zlvl="-1" ;;   # store-only images: zstd has no store-only level
+        *) zlvl="-$lvl" ;;
+    esac
     t0=${EPOCHREALTIME/./}
     for i in $(seq 0 $((NPROC - 1))); do
-        dd if="$dump" bs=1M skip=$((i * piece)) count=$piece status=none | zstd -q -1 -T1 -c >"$W/piece.$i.zst" &
+        dd if="$dump" bs=1M skip=$((i * piece)) count=$piece status=none | zstd -q $zlvl -T1 -c >"$W/piece.$i.zst" &
         pids+=($!); CHILDREN+=($!)
     done
     for i in "${pids[@]}"; do wait "$i"; forget "$i"; done
@@ -524,8 +531,9 @@ REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && [ -n 
 - **image / zstd output**: bytes of the image file and of zstd's output.
 - **restart to next tick**: from just before `forkpoint restart IMG` starts until the restored
   workload prints its next tick (the tick carries CLOCK_REALTIME; the workload ticks at once on
-  a clock jump). **zstd -d on N CPUs**: the buffer split into N pieces, each compressed with
-  `zstd -1`, the N pieces decompressed in parallel to /dev/null (zstd's CLI decompresses one
+  a clock jump). **zstd -d on N CPUs**: the buffer split into N pieces, each compressed at the
+  image's level (`--fast=N` for negative ones, `-1` for store-only images), the N pieces
+  decompressed in parallel to /dev/null (zstd's CLI decompresses one
   stream on one thread; *zstd -d 1 stream* is that). *loader hand-over* is when `restart -v`
   jumps to the restore blob. *fault-in of the stored pages* is the time N threads take to
   fault in and fill as much fresh anonymous memory as the image stores (`benches/faultin.c`):
