@@ -74,6 +74,7 @@ CHILDREN=()   # our own children (waitable)
 FOREIGN=()    # processes that are not our children (CRIU-restored tasks)
 W=""
 cleanup() {
+    [ -n "${BENCH_KEEP_LOG:-}" ] && [ -n "$W" ] && cp -f "$W/workload.err" "$BENCH_KEEP_LOG" 2>/dev/null
     local p
     for p in "${CHILDREN[@]}" "${FOREIGN[@]}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null; done
     for p in "${CHILDREN[@]}" "${FOREIGN[@]}"; do
@@ -119,10 +120,23 @@ wait_count() {
     done
 }
 
-# After removing large files: commit the journal now (with `-o discard`, ext4 discards the
-# freed blocks at commit, which can take the disk for a while) so that the next measurement
-# does not pay for it.
-settle_fs() { timeout 120 sync -f "$W" 2>/dev/null || true; }
+# After removing large files: commit the journal, then wait (at most 30 s) until the disk
+# has no request in flight and has stopped discarding. With `-o discard`, ext4 discards freed
+# blocks after the commit, in the background, which can take the disk for a while: the next
+# measurement must not pay for the previous one's files.
+BENCH_DEV=""
+settle_fs() {
+    timeout 120 sync -f "$W" 2>/dev/null || true
+    [ -z "$BENCH_DEV" ] && BENCH_DEV=$(basename "$(findmnt -no SOURCE -T "$W" 2>/dev/null)" 2>/dev/null)
+    local prev="" cur i
+    for i in $(seq 1 150); do
+        cur=$(awk -v d="$BENCH_DEV" '$3 == d { print $12 ":" $15 ":" $17 }' /proc/diskstats 2>/dev/null)
+        [ -z "$cur" ] && return 0
+        [ "$cur" = "$prev" ] && [ "${cur%%:*}" = 0 ] && return 0
+        prev=$cur
+        sleep 0.2
+    done
+}
 cp_last_zst=""
 median() { # numbers as arguments ("" and "-" ignored); prints the median or "-"
     printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.10g\n", (a[NR/2]+a[NR/2+1])/2}'
