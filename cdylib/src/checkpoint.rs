@@ -853,7 +853,9 @@ fn copy_shared_memory(cap: &mut Capture) {
                 addr = vma.end;
             }
             Ok(None) => break true,
-            Err(_) => break false,
+            // Only a kernel without the query (the first call fails) falls back to the text;
+            // a later failure ends the scan rather than copying some mappings twice.
+            Err(_) => break addr != 0,
         }
     };
     if !queried {

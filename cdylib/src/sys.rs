@@ -864,16 +864,19 @@ pub fn procmap_next(
         vma_name_addr: name.as_mut_ptr() as u64,
         ..Default::default()
     };
+    let qp = &mut q as *mut ProcmapQuery;
     // SAFETY: the kernel reads and writes `q` (its size is in q.size) and writes at most
     // vma_name_size bytes of the name into `name`.
-    match unsafe {
-        sc!(
-            libc::SYS_ioctl,
-            maps_fd,
-            PROCMAP_QUERY,
-            &mut q as *mut ProcmapQuery
-        )
-    } {
+    let mut r = unsafe { sc!(libc::SYS_ioctl, maps_fd, PROCMAP_QUERY, qp) };
+    if r == Err(libc::ENAMETOOLONG) {
+        // A name longer than the buffer: the mapping without its name (name_len 0).
+        q.vma_name_size = 0;
+        q.vma_name_addr = 0;
+        let qp = &mut q as *mut ProcmapQuery;
+        // SAFETY: as above, with no name asked for.
+        r = unsafe { sc!(libc::SYS_ioctl, maps_fd, PROCMAP_QUERY, qp) };
+    }
+    match r {
         Ok(_) => Ok(Some(VmaFound {
             start: q.vma_start,
             end: q.vma_end,
