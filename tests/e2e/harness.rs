@@ -22,6 +22,8 @@ pub const WAIT: Duration = Duration::from_secs(180);
 
 pub const WORKLOAD_C: &str = include_str!("../programs/workload.c");
 pub const GEN_C: &str = include_str!("../programs/gen.c");
+/// CHECK/SETUP/wait_go/done of the zdtm-style programs, written next to every C source.
+const ZDTM_H: &str = include_str!("../programs/zdtm.h");
 pub const HASHCHAIN_PY: &str = include_str!("../programs/hashchain.py");
 pub const HASHCHAIN_PL: &str = include_str!("../programs/hashchain.pl");
 pub const APP_CHECKPOINT_C: &str = include_str!("../../examples/app_checkpoint.c");
@@ -115,6 +117,7 @@ impl Drop for TestDir {
 pub fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
     let src = dir.join(format!("{name}.c"));
     fs::write(&src, source).expect("write C source");
+    fs::write(dir.join("zdtm.h"), ZDTM_H).expect("write zdtm.h");
     let exe = dir.join(name);
     let out = Command::new("cc")
         .args(["-O2", "-Wall", "-o"])
