@@ -137,7 +137,6 @@ settle_fs() {
         sleep 0.2
     done
 }
-cp_last_zst=""
 median() { # numbers as arguments ("" and "-" ignored); prints the median or "-"
     printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.10g\n", (a[NR/2]+a[NR/2+1])/2}'
 }
@@ -333,11 +332,10 @@ run_case() {
         report "$wpid" "$out"
         zs+=("$(( (t2 - t0) / 1000 ))"); zns+=("$(( (t1 - t0) / 1000 ))"); zstalls+=("$REP_STALL")
         log "  zstd $r: $(( (t2 - t0) / 1000 )) ms, $(stat -c %s "$W/dump.$r.zst" 2>/dev/null) bytes"
-        cp_last_zst=$W/dump.$r.zst
         sleep 0.3
     done
     local image_bytes=""; [ ${#imgs[@]} -gt 0 ] && image_bytes=$(stat -c %s "${imgs[-1]}")
-    mv -f "$cp_last_zst" "$W/dump.zst" 2>/dev/null
+    mv -f "$W/dump.$runs.zst" "$W/dump.zst" 2>/dev/null
     zbytes=$(stat -c %s "$W/dump.zst" 2>/dev/null)
 
     # Decompression baseline on all CPUs: the dump in NPROC pieces, each compressed alone

@@ -809,9 +809,9 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
     let status_text = read_proc_string(status.as_cstr());
     let locked = procfs::status_field(&status_text, "VmLck")
         .is_none_or(|v| v.split_whitespace().next() != Some("0"));
-    let mut smaps = FixBuf::<64>::new();
-    smaps.str("/proc/").i64(cap.pid as i64).str("/smaps");
     let smaps_text = if locked {
+        let mut smaps = FixBuf::<64>::new();
+        smaps.str("/proc/").i64(cap.pid as i64).str("/smaps");
         read_proc_string(smaps.as_cstr())
     } else {
         String::new()
