@@ -115,42 +115,26 @@ fn c_program_with_every_kind_of_memory() {
 
 #[test]
 fn python_hash_chain() {
-    if !have_tool("/usr/bin/python3") {
-        return;
-    }
-    let t = TestDir::new("python");
-    let script = t.join("hashchain.py");
-    fs::write(&script, HASHCHAIN_PY).unwrap();
-    let p = Paced {
-        argv: Box::new(move |dir: &Path| {
-            vec![
-                "/usr/bin/python3".into(),
-                script.clone().into(),
-                "300".into(),
-                "2000".into(),
-                "0.002".into(),
-                "200".into(),
-                dir.join("go").into(),
-            ]
-        }),
-        checkpoint_after: 60,
-        outputs: &[],
-    };
-    roundtrip(&t, &p);
+    hash_chain("/usr/bin/python3", "hashchain.py", HASHCHAIN_PY);
 }
 
 #[test]
 fn perl_hash_chain() {
-    if !have_tool("perl") {
+    hash_chain("perl", "hashchain.pl", HASHCHAIN_PL);
+}
+
+/// The same hash chain in a script language: `interpreter SCRIPT 300 2000 0.002 200 GO`.
+fn hash_chain(interpreter: &'static str, file: &str, source: &str) {
+    if !have_tool(interpreter) {
         return;
     }
-    let t = TestDir::new("perl");
-    let script = t.join("hashchain.pl");
-    fs::write(&script, HASHCHAIN_PL).unwrap();
+    let t = TestDir::new(file);
+    let script = t.join(file);
+    fs::write(&script, source).unwrap();
     let p = Paced {
         argv: Box::new(move |dir: &Path| {
             vec![
-                "perl".into(),
+                interpreter.into(),
                 script.clone().into(),
                 "300".into(),
                 "2000".into(),
