@@ -280,6 +280,29 @@ fn reference_run(t: &TestDir, argv: &dyn Fn(&Path) -> Vec<OsString>) -> (PathBuf
     (dir, io)
 }
 
+/// The program `argv(t/run)` under forkpoint, seeded with SEED, images into `t/images`,
+/// runtime directory `t/rt`: what most tests here start from.
+struct Started {
+    run: PathBuf,
+    images: PathBuf,
+    io: Io,
+    proc: Proc,
+}
+
+fn start_seeded(t: &TestDir, argv: &dyn Fn(&Path) -> Vec<OsString>) -> Started {
+    let run = t.sub("run");
+    write_seed(&run, SEED);
+    let images = t.sub("images");
+    let io = Io::in_dir(&run, "prog");
+    let proc = start_under_forkpoint(&argv(&run), &run, &images, &t.join("rt"), &io, &[]);
+    Started {
+        run,
+        images,
+        io,
+        proc,
+    }
+}
+
 fn ballast_argv(
     exe: &Path,
     dir: &Path,
@@ -619,11 +642,12 @@ fn requests_arriving_during_a_checkpoint_are_not_lost() {
         ])
     };
     let (_, ref_io) = reference_run(&t, &args);
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 10);
 
     let n = 24;
@@ -697,11 +721,12 @@ fn writer_killed_at_random_points() {
     let args = |dir: &Path| ballast_argv(&exe, dir, 256, 100, 1000, 50);
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 49);
 
     // How long a whole write takes here.
@@ -803,11 +828,12 @@ fn directory_removed_while_writing() {
     let args = |dir: &Path| ballast_argv(&exe, dir, 256, 100, 1000, 50);
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 49);
 
     let doomed = t.sub("doomed");
@@ -858,11 +884,12 @@ fn checkpoints_while_forking_and_vforking() {
     };
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 5);
     let (mut ok, mut failed) = (0, Vec::new());
     let mut slowest = Duration::ZERO;
@@ -913,11 +940,12 @@ fn checkpoint_requests_during_execve() {
     };
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 1);
     let (mut images_ok, mut refused, mut other) = (Vec::new(), 0, Vec::new());
     while proc.running() {
@@ -975,11 +1003,12 @@ fn checkpoint_signals_during_execve() {
     };
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run: _,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 1);
     let mut sent = 0;
     while signal_own(&mut proc, CHECKPOINT_SIGNAL) {
@@ -1021,11 +1050,12 @@ fn checkpoint_inside_exit_restores() {
     };
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 21); // 20 steps, then "in the exit handler"
     let image = checkpoint_ok(proc.pid);
     assert_killed(proc.kill9(), "the program in its exit handler");
@@ -1048,11 +1078,12 @@ fn program_exits_while_its_image_is_written() {
     let args = |dir: &Path| ballast_argv(&exe, dir, 64, 60, 0, 50);
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 49);
     let target = images.join("exiting.fpk");
     let tmp = images.join("exiting.fpk.tmp");
@@ -1123,11 +1154,12 @@ fn loader_killed_before_the_blob_runs() {
     let args = |dir: &Path| ballast_argv(&exe, dir, 256, 100, 0, 50);
     let (_, ref_io) = reference_run(&t, &args);
 
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 49);
     let image = checkpoint_ok(proc.pid);
     assert_killed(proc.kill9(), "the original program");
@@ -1272,11 +1304,12 @@ fn restore_blob_failure_names_the_step() {
     let exe = compile_c(&t.path, "workload", WORKLOAD_C);
     let args = |dir: &Path| -> Vec<OsString> { argv(&[&exe, &dir, &"300", &"2000", &"200"]) };
     let (ref_dir, ref_io) = reference_run(&t, &args);
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 60);
     let image = checkpoint_ok(proc.pid);
     assert_killed(proc.kill9(), "the original program");
@@ -1455,11 +1488,12 @@ fn crafted_images_are_refused() {
     let exe = compile_c(&t.path, "workload", WORKLOAD_C);
     let args = |dir: &Path| -> Vec<OsString> { argv(&[&exe, &dir, &"300", &"2000", &"200"]) };
     let (ref_dir, ref_io) = reference_run(&t, &args);
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 60);
     let image = checkpoint_ok(proc.pid);
     assert_killed(proc.kill9(), "the original program");
@@ -1686,11 +1720,12 @@ fn descriptors_above_the_open_file_limit() {
     let exe = compile_c(&t.path, "rel_fds", REL_FDS_C);
     let args = |dir: &Path| -> Vec<OsString> { argv(&[&exe, &dir, &"40", &"20", &"5000"]) };
     let (ref_dir, ref_io) = reference_run(&t, &args);
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 19);
     let image = checkpoint_ok(proc.pid);
     assert_killed(proc.kill9(), "the original program");
@@ -1778,11 +1813,12 @@ fn held_workload_image(t: &TestDir) -> (Io, PathBuf, Io, PathBuf, u64) {
     let exe = compile_c(&t.path, "workload", WORKLOAD_C);
     let args = |dir: &Path| -> Vec<OsString> { argv(&[&exe, &dir, &"300", &"2000", &"200"]) };
     let (_, ref_io) = reference_run(t, &args);
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images: _,
+        io,
+        mut proc,
+    } = start_seeded(t, &args);
     wait_for_lines(&mut proc, &io.stdout, 60);
     let image = checkpoint_ok(proc.pid);
     assert_killed(proc.kill9(), "the original program");
@@ -1947,11 +1983,12 @@ fn planted_links_are_not_followed() {
     let exe = compile_c(&t.path, "workload", WORKLOAD_C);
     let args = |dir: &Path| -> Vec<OsString> { argv(&[&exe, &dir, &"300", &"2000", &"100"]) };
     let (ref_dir, ref_io) = reference_run(&t, &args);
-    let run = t.sub("run");
-    write_seed(&run, SEED);
-    let images = t.sub("images");
-    let io = Io::in_dir(&run, "prog");
-    let mut proc = start_under_forkpoint(&args(&run), &run, &images, &t.join("rt"), &io, &[]);
+    let Started {
+        run,
+        images,
+        io,
+        mut proc,
+    } = start_seeded(&t, &args);
     wait_for_lines(&mut proc, &io.stdout, 99);
 
     let victims = t.sub("victims");
