@@ -18,7 +18,7 @@ use crate::state::{
     CHECKPOINT_BUSY, GENERATION, LAST_WRITER, MAX_FDS, MAX_THREADS, QUIESCE, RESTORE_INFO, RUNTIME,
     SEQ, THREADS, TIMER_ID, WRITER_PID,
 };
-use crate::{sys, writer};
+use crate::{procfs, sys, writer};
 
 const SI_QUEUE: i32 = -1;
 const SI_TIMER: i32 = -2;
@@ -307,7 +307,14 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     capture_fd_offsets(cap);
     capture_timers(cap);
 
-    lift_fork_advice(cap);
+    if let Err(msg) = lift_fork_advice(cap) {
+        restore_fork_advice(cap);
+        release_threads();
+        close_pipe_copies(cap);
+        fail(report_path.as_bytes(), trigger, msg.as_bytes());
+        finish_checkpoint();
+        return;
+    }
     copy_shared_memory(cap);
     let t_fork = sys::monotonic_ns();
     // SAFETY: slots[0].regs lives in a static; the child stack is ours alone (mapped at init,
@@ -981,27 +988,85 @@ fn split_maps_line(line: &[u8]) -> Option<MapsLine<'_>> {
 }
 
 /// Ranges the application keeps out of forks (MADV_DONTFORK) or wiped in them
-/// (MADV_WIPEONFORK) are made ordinary for our fork, so the writer sees them.
-fn lift_fork_advice(cap: &mut Capture) {
+/// (MADV_WIPEONFORK) are made ordinary for our fork, so the writer sees them. Which ranges
+/// they are is read from /proc/self/smaps (exact, whatever the application did since its
+/// `madvise`), only once the application has given such advice at all: smaps walks the page
+/// tables, which costs pause time in proportion to the resident memory.
+// The error is a fixed buffer on purpose: nothing here may allocate.
+#[allow(clippy::result_large_err)]
+fn lift_fork_advice(cap: &mut Capture) -> Result<(), Line> {
     cap.n_advised = 0;
-    for (s, l) in &crate::interpose::ADVISED {
-        let start = s.load(Ordering::SeqCst);
-        let lw = l.load(Ordering::SeqCst);
-        if start == 0 || lw == 0 || cap.n_advised >= cap.advised.len() {
-            continue;
+    if !crate::interpose::FORK_ADVICE_SEEN.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let mut msg = Line::new();
+    let fd = match sys::open(b"/proc/self/smaps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            msg.str("cannot read /proc/self/smaps for the MADV_DONTFORK ranges: errno ")
+                .i64(e as i64);
+            return Err(msg);
         }
-        let (len, wipe) = (lw >> 1, lw & 1 == 1);
+    };
+    let mut scanner = procfs::ForkAdviceScanner::new();
+    let (ranges, n) = (&mut cap.advised, &mut cap.n_advised);
+    let mut overflow = false;
+    let mut found = |start: u64, end: u64, wipe: bool| {
+        if let Some(last) = ranges[..*n].last_mut() {
+            if last.2 == wipe && last.0 + last.1 == start {
+                last.1 += end - start;
+                return;
+            }
+        }
+        match ranges.get_mut(*n) {
+            Some(slot) => {
+                *slot = (start, end - start, wipe);
+                *n += 1;
+            }
+            None => overflow = true,
+        }
+    };
+    let mut read_error = 0;
+    loop {
+        match sys::read(fd, &mut cap.smaps_chunk) {
+            Ok(0) => break,
+            Ok(k) => scanner.feed(&cap.smaps_chunk[..k], &mut found),
+            Err(e) if e == libc::EINTR => continue,
+            Err(e) => {
+                read_error = e;
+                break;
+            }
+        }
+    }
+    scanner.finish(&mut found);
+    sys::close(fd);
+    if read_error != 0 {
+        msg.str("cannot read /proc/self/smaps for the MADV_DONTFORK ranges: errno ")
+            .i64(read_error as i64);
+        return Err(msg);
+    }
+    if overflow {
+        msg.str("the program keeps more than ")
+            .u64(crate::state::MAX_ADVISED as u64)
+            .str(" separate ranges out of forks (MADV_DONTFORK/MADV_WIPEONFORK)");
+        return Err(msg);
+    }
+    for &(start, len, wipe) in &cap.advised[..cap.n_advised] {
         let lift = if wipe {
             libc::MADV_KEEPONFORK
         } else {
             libc::MADV_DOFORK
         };
         // SAFETY: changes only how the range is inherited by a fork.
-        if unsafe { sys::madvise(start as usize, len as usize, lift) }.is_ok() {
-            cap.advised[cap.n_advised] = (start, len, wipe);
-            cap.n_advised += 1;
+        if let Err(e) = unsafe { sys::madvise(start as usize, len as usize, lift) } {
+            msg.str("cannot lift MADV_DONTFORK/WIPEONFORK at ")
+                .hex(start)
+                .str(": errno ")
+                .i64(e as i64);
+            return Err(msg);
         }
     }
+    Ok(())
 }
 
 fn restore_fork_advice(cap: &Capture) {

@@ -52,6 +52,21 @@ impl<const N: usize> FixBuf<N> {
         self.push(&tmp[i..])
     }
 
+    /// `0x` and lowercase hex digits.
+    pub fn hex(&mut self, mut v: u64) -> &mut Self {
+        let mut tmp = [0u8; 16];
+        let mut i = tmp.len();
+        loop {
+            i -= 1;
+            tmp[i] = b"0123456789abcdef"[(v & 15) as usize];
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(b"0x").push(&tmp[i..])
+    }
+
     pub fn i64(&mut self, v: i64) -> &mut Self {
         if v < 0 {
             self.push(b"-");

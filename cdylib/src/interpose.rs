@@ -22,7 +22,7 @@
 
 use core::cell::Cell;
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use crate::state::RUNTIME;
 use crate::sys;
@@ -417,43 +417,24 @@ pub unsafe extern "C" fn signalfd(fd: c_int, mask: *const libc::sigset_t, flags:
     )
 }
 
-/// Ranges the application marked MADV_DONTFORK or MADV_WIPEONFORK: the writer child would
-/// not see them (or see them zeroed), so the checkpoint lifts the advice around its fork.
-pub const MAX_ADVISED: usize = 64;
-/// (start, len << 1 | wipe): start 0 = free slot. Lock-free: the handler may read it while
-/// the application updates it in another thread.
-pub static ADVISED: [(AtomicU64, AtomicU64); MAX_ADVISED] =
-    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_ADVISED];
-
-fn record_advice(start: u64, len: u64, advice: c_int) {
-    match advice {
-        libc::MADV_DONTFORK | libc::MADV_WIPEONFORK => {
-            let wipe = (advice == libc::MADV_WIPEONFORK) as u64;
-            for (s, l) in &ADVISED {
-                if s.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    l.store(len << 1 | wipe, Ordering::SeqCst);
-                    return;
-                }
-            }
-        }
-        libc::MADV_DOFORK | libc::MADV_KEEPONFORK => {
-            for (s, l) in &ADVISED {
-                if s.load(Ordering::SeqCst) == start && l.load(Ordering::SeqCst) >> 1 == len {
-                    l.store(0, Ordering::SeqCst);
-                    s.store(0, Ordering::SeqCst);
-                }
-            }
-        }
-        _ => {}
-    }
-}
+/// Set once the application gives any fork advice (MADV_DONTFORK, MADV_WIPEONFORK or their
+/// undo): from then on each checkpoint reads the advised ranges from /proc/self/smaps and
+/// lifts the advice around its fork, so the writer child sees that memory. Programs that never
+/// advise (most) pay nothing. Tracking the ranges here instead cannot be exact: the advice
+/// moves with `mremap`, shrinks with a partial `munmap` and vanishes under `mmap(MAP_FIXED)`.
+pub static FORK_ADVICE_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// # Safety
 /// As `madvise(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    if matches!(
+        advice,
+        libc::MADV_DONTFORK | libc::MADV_WIPEONFORK | libc::MADV_DOFORK | libc::MADV_KEEPONFORK
+    ) {
+        // Before the call: a checkpoint that stops this thread just after it must scan.
+        FORK_ADVICE_SEEN.store(true, Ordering::SeqCst);
+    }
     // SAFETY: the caller's contract is madvise's.
     let r = unsafe {
         sys::syscall6(
@@ -469,30 +450,6 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
     if r < 0 {
         set_errno((-r) as c_int);
         return -1;
-    }
-    record_advice(addr as u64, len as u64, advice);
-    0
-}
-
-/// # Safety
-/// As `munmap(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
-    // SAFETY: the caller's contract is munmap's.
-    let r = unsafe { sys::syscall6(libc::SYS_munmap, addr as usize, len, 0, 0, 0, 0) };
-    if r < 0 {
-        set_errno((-r) as c_int);
-        return -1;
-    }
-    // Advice recorded for memory that is gone must not be applied to what comes next there.
-    let (lo, hi) = (addr as u64, addr as u64 + len as u64);
-    for (s, l) in &ADVISED {
-        let start = s.load(Ordering::SeqCst);
-        let end = start + (l.load(Ordering::SeqCst) >> 1);
-        if start != 0 && start < hi && lo < end {
-            l.store(0, Ordering::SeqCst);
-            s.store(0, Ordering::SeqCst);
-        }
     }
     0
 }

@@ -221,6 +221,101 @@ pub fn smaps_ranges_with_flag(text: &str, flag: &str) -> Vec<(u64, u64)> {
     out
 }
 
+/// How many bytes of an smaps line the [`ForkAdviceScanner`] looks at: enough for a
+/// mapping's address range and every `VmFlags` flag the kernel prints.
+const SCAN_LINE: usize = 320;
+
+/// Finds the mappings whose smaps `VmFlags` include `dc` (MADV_DONTFORK) or `wf`
+/// (MADV_WIPEONFORK), fed the text in chunks of any size. It runs in the pause, so it does
+/// not allocate: each line is kept only up to [`SCAN_LINE`] bytes.
+pub struct ForkAdviceScanner {
+    line: [u8; SCAN_LINE],
+    len: usize,
+    range: Option<(u64, u64)>,
+}
+
+impl Default for ForkAdviceScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ForkAdviceScanner {
+    pub const fn new() -> Self {
+        ForkAdviceScanner {
+            line: [0; SCAN_LINE],
+            len: 0,
+            range: None,
+        }
+    }
+
+    /// Feeds the next chunk; `found(start, end, wipe)` is called for each advised mapping.
+    pub fn feed(&mut self, chunk: &[u8], found: &mut impl FnMut(u64, u64, bool)) {
+        for &b in chunk {
+            if b == b'\n' {
+                self.end_line(found);
+            } else if self.len < SCAN_LINE {
+                self.line[self.len] = b;
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Ends the text (a last line without a newline counts).
+    pub fn finish(&mut self, found: &mut impl FnMut(u64, u64, bool)) {
+        if self.len > 0 {
+            self.end_line(found);
+        }
+    }
+
+    fn end_line(&mut self, found: &mut impl FnMut(u64, u64, bool)) {
+        let line = &self.line[..self.len];
+        if let Some(flags) = line.strip_prefix(b"VmFlags:") {
+            if let Some((start, end)) = self.range.take() {
+                let mut flags = flags.split(|&c| c == b' ').filter(|f| !f.is_empty());
+                let (mut dc, mut wf) = (false, false);
+                for f in &mut flags {
+                    dc |= f == b"dc";
+                    wf |= f == b"wf";
+                }
+                if dc {
+                    found(start, end, false);
+                }
+                if wf {
+                    found(start, end, true);
+                }
+            }
+        } else if let Some(range) = smaps_header_range(line) {
+            self.range = Some(range);
+        }
+        self.len = 0;
+    }
+}
+
+/// The `start-end` of an smaps mapping header (`7f00-7f10 rw-p ...`); field lines
+/// (`Rss:   4 kB`) are not headers.
+fn smaps_header_range(line: &[u8]) -> Option<(u64, u64)> {
+    let first = line.split(|&c| c == b' ').next()?;
+    let dash = first.iter().position(|&c| c == b'-')?;
+    let hex = |b: &[u8]| -> Option<u64> {
+        if b.is_empty() {
+            return None;
+        }
+        let mut v = 0u64;
+        for &c in b {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            v = v.checked_mul(16)?.checked_add(d as u64)?;
+        }
+        Some(v)
+    };
+    let (start, end) = (hex(&first[..dash])?, hex(&first[dash + 1..])?);
+    (start < end).then_some((start, end))
+}
+
 /// One line of `/proc/locks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockLine {
@@ -302,6 +397,53 @@ pub fn parse_timers(text: &str) -> Vec<(i32, i32, u64, String, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fork_advice_scan() {
+        let text = "\
+1000-3000 rw-p 00000000 00:00 0 
+Size:                  8 kB
+VmFlags: rd wr mr mw me dc nr 
+3000-4000 rw-p 00000000 00:00 0                          [heap]
+Rss:                   4 kB
+VmFlags: rd wr mr mw me ac 
+7f00-8000 rw-p 00000000 00:00 0 
+VmFlags: rd wr mr mw me wf dc";
+        let expect = vec![
+            (0x1000, 0x3000, false),
+            (0x7f00, 0x8000, false),
+            (0x7f00, 0x8000, true),
+        ];
+        // Any chunking gives the same answer.
+        for chunk in [1, 2, 7, 64, 4096] {
+            let mut got = Vec::new();
+            let mut sc = ForkAdviceScanner::new();
+            let mut f = |s, e, w| got.push((s, e, w));
+            for c in text.as_bytes().chunks(chunk) {
+                sc.feed(c, &mut f);
+            }
+            sc.finish(&mut f);
+            assert_eq!(got, expect, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn fork_advice_scan_survives_long_lines() {
+        let long = format!(
+            "1000-2000 r--p 00000000 08:01 5 /{}\nVmFlags: rd dc\n",
+            "x".repeat(5000)
+        );
+        let mut got = Vec::new();
+        let mut sc = ForkAdviceScanner::new();
+        sc.feed(long.as_bytes(), &mut |s, e, w| got.push((s, e, w)));
+        assert_eq!(got, vec![(0x1000, 0x2000, false)]);
+        // Garbage and a flags line without a header find nothing.
+        let mut sc = ForkAdviceScanner::new();
+        sc.feed(
+            b"VmFlags: dc\nzz-yy\nAnonHugePages: 0 kB\n",
+            &mut |_, _, _| panic!(),
+        );
+    }
 
     #[test]
     fn parses_maps_lines() {

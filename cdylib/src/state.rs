@@ -28,6 +28,8 @@ impl<T> Global<T> {
     }
 }
 
+/// Advised ranges (after merging neighbours) one checkpoint can lift; more fail it.
+pub const MAX_ADVISED: usize = 4096;
 pub const MAX_FDS: usize = 4096;
 /// Most pipes whose buffered bytes a checkpoint saves.
 pub const MAX_PIPE_COPIES: usize = 64;
@@ -150,8 +152,10 @@ pub struct Capture {
     /// /proc/self/maps, read in the pause on kernels without PROCMAP_QUERY.
     pub maps_text: FixBuf<262144>,
     /// MADV_DONTFORK / WIPEONFORK ranges lifted for the fork: (start, len, wipe).
-    pub advised: [(u64, u64, bool); 64],
+    pub advised: [(u64, u64, bool); MAX_ADVISED],
     pub n_advised: usize,
+    /// Read buffer for /proc/self/smaps in the pause (the handler's stack may be small).
+    pub smaps_chunk: [u8; 65536],
     pub nice: i32,
     pub child_subreaper: bool,
     /// Final image path; the writer creates `<out_path>.tmp` first.
@@ -185,7 +189,8 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     shared_copies: [(0, 0, 0); 32],
     n_shared_copies: 0,
     maps_text: FixBuf::new(),
-    advised: [(0, 0, false); 64],
+    advised: [(0, 0, false); MAX_ADVISED],
+    smaps_chunk: [0; 65536],
     n_advised: 0,
     nice: 0,
     child_subreaper: false,
