@@ -13,6 +13,8 @@ pub const MAY_FAIL: u64 = 1;
 pub const SET_RSP: u64 = 2;
 /// Flag: a `clone` step; the new thread goes on with the program whose address is in `rsp`.
 pub const CLONE: u64 = 4;
+/// Flag: a failure of this step is expected at times and means nothing: no message, go on.
+pub const QUIET: u64 = 8;
 
 /// One step: 11 words, as the blob reads them.
 #[repr(C)]
@@ -71,6 +73,8 @@ global_asm!(
     "    inc r15",
     "    jmp 1b",
     "3:",
+    "    test qword ptr [r14 + 56], 8",
+    "    jnz 4b",
     "    mov rbx, rax",
     "    neg rbx",
     "    mov eax, 1",

@@ -149,6 +149,18 @@ pub fn restore(
         })
         .flatten()
         .filter(|&fd| fd >= 0);
+    let mm_restore = verify::mm_restore();
+    let loader_mm = sys::current_mm();
+    verify::check_loader_layout(mm_restore, loader_mm[4], meta.mm.start_brk)?;
+    warnings.extend(verify::mm_restore_warning(mm_restore));
+    if exe_fd.is_none() && !matches!(mm_restore, verify::MmRestore::Loader(_)) {
+        warnings.push(format!(
+            "/proc/PID/exe of the restored process names this forkpoint binary, not {}: \
+             setting it needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN (argv, brk and auxv are \
+             restored all the same)",
+            meta.process.exe
+        ));
+    }
     // Debug (test) builds honour FORKPOINT_TEST_FAIL_STEP=N: step N of the restore program
     // fails, to test that the message names it. Release builds ignore it.
     let fail_step = if cfg!(debug_assertions) {
@@ -165,6 +177,8 @@ pub fn restore(
         err_fd,
         exe_fd,
         fail_step,
+        mm_restore,
+        loader_mm,
     };
     let data_at = layout.blob_start + PAGE_SIZE;
     let data = plan::build_program(&inputs, data_at).map_err(RestoreError)?;
@@ -251,6 +265,14 @@ pub fn restore(
     }
     sys::rseq_unregister().map_err(RestoreError)?;
     let program = data_at + data.program_offset as u64;
+    if matches!(mm_restore, verify::MmRestore::Loader(_))
+        && sys::freeze_loader_brk(loader_mm[4]).is_err()
+    {
+        let line = b"forkpoint restart: warning: cannot freeze the loader's brk: the program's \
+                     brk() calls may unmap its memory\n";
+        // SAFETY: writing a static buffer to the loader's error descriptor.
+        unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
+    }
     // SAFETY: code, program and stack are in the blob region, which the program never unmaps;
     // this thread is the only one (staging threads were joined).
     unsafe { blob::jump(layout.blob_start, stack_top, program) }

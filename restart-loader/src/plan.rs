@@ -4,7 +4,8 @@
 
 use forkpoint_image::{Mapping, MappingKind, Metadata, ThreadState, PAGE_SIZE, RESUME_RESTORED};
 
-use crate::blob::{Op, CLONE, MAY_FAIL, OP_WORDS, SET_RSP};
+use crate::blob::{Op, CLONE, MAY_FAIL, OP_WORDS, QUIET, SET_RSP};
+use crate::verify::MmRestore;
 
 /// Lowest address the planner uses for its reservation (above the classic non-PIE area).
 const SEARCH_FROM: u64 = 0x1_0000_0000;
@@ -221,6 +222,44 @@ pub struct ProgramInputs<'a> {
     pub exe_fd: Option<i32>,
     /// Test builds only: make this step (1-based) of the main thread's program fail.
     pub fail_step: Option<usize>,
+    /// How the kernel's mm fields are set, and the loader's own ones the single
+    /// `PR_SET_MM_*` operations start from ([`crate::sys::current_mm`]).
+    pub mm_restore: crate::verify::MmRestore,
+    pub loader_mm: [u64; 10],
+}
+
+/// The single `PR_SET_MM_*` operations (value, name) that move the loader's mm fields `cur`
+/// to the program's `want` (both in [`crate::sys::current_mm`] order), ordered so that every
+/// intermediate state passes the kernel's checks (start before end, start_code strictly).
+pub fn single_mm_ops(want: &[u64; 10], cur: &[u64; 10]) -> Vec<(u64, u64, &'static str)> {
+    const NAMES: [(u64, &str); 10] = [
+        (1, "PR_SET_MM_START_CODE"),
+        (2, "PR_SET_MM_END_CODE"),
+        (3, "PR_SET_MM_START_DATA"),
+        (4, "PR_SET_MM_END_DATA"),
+        (6, "PR_SET_MM_START_BRK"),
+        (7, "PR_SET_MM_BRK"),
+        (8, "PR_SET_MM_ARG_START"),
+        (9, "PR_SET_MM_ARG_END"),
+        (10, "PR_SET_MM_ENV_START"),
+        (11, "PR_SET_MM_ENV_END"),
+    ];
+    let mut ops = Vec::new();
+    for pair in 0..5 {
+        let (s, e) = (2 * pair, 2 * pair + 1);
+        // Start first keeps (new start, old end) ordered when the new start is not past the
+        // old end; otherwise end first keeps (old start, new end) ordered.
+        let start_first = if pair == 0 {
+            want[s] < cur[e]
+        } else {
+            want[s] <= cur[e]
+        };
+        let order = if start_first { [s, e] } else { [e, s] };
+        for i in order {
+            ops.push((NAMES[i].0, want[i], NAMES[i].1));
+        }
+    }
+    ops
 }
 
 /// The blob's data area: program words, messages, `prctl_mm_map`, auxv, signal frame.
@@ -233,10 +272,13 @@ pub struct BlobData {
 
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_MM_AUXV: u64 = 12;
+const PR_SET_MM_EXE_FILE: u64 = 13;
 const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
 const ARCH_SET_FS: u64 = 0x1002;
 const SYS_RT_SIGRETURN: u64 = 15;
+const SYS_MMAP: u64 = 9;
 const SYS_MREMAP: u64 = 25;
 const SYS_MUNMAP: u64 = 11;
 const SYS_PRCTL: u64 = 157;
@@ -311,11 +353,13 @@ fn libc_ss_disable() -> i32 {
 
 /// Steps of one program, with the words of each failure message.
 #[derive(Default)]
-struct Steps(Vec<(Op, String)>);
+/// Each step: the op, what it does (listed by `restart -v`, named in a failure message),
+/// and for a step that may fail, what differs when it does.
+struct Steps(Vec<(Op, String, Option<String>)>);
 
 impl Steps {
     fn add(&mut self, nr: u64, args: [u64; 6], flags: u64, what: String) {
-        self.0.push((
+        self.add_op(
             Op {
                 nr,
                 args,
@@ -323,11 +367,23 @@ impl Steps {
                 ..Op::default()
             },
             what,
-        ));
+        );
     }
 
     fn add_op(&mut self, op: Op, what: String) {
-        self.0.push((op, what));
+        self.0.push((op, what, None));
+    }
+
+    /// A step whose failure is reported (with `if_failed`: what stays different) and the
+    /// restore goes on.
+    fn add_fallible(&mut self, nr: u64, args: [u64; 6], what: String, if_failed: String) {
+        let op = Op {
+            nr,
+            args,
+            flags: MAY_FAIL,
+            ..Op::default()
+        };
+        self.0.push((op, what, Some(if_failed)));
     }
 
     /// Lays the program out in `d` (messages, then the words the blob reads); returns its
@@ -350,9 +406,14 @@ impl Steps {
             op.0.flags &= !MAY_FAIL;
         }
         let mut msgs = Vec::with_capacity(n);
-        for (i, (_, what)) in self.0.iter().enumerate() {
+        for (i, (op, what, if_failed)) in self.0.iter().enumerate() {
+            let outcome = match (op.flags & MAY_FAIL != 0, if_failed) {
+                (true, Some(diff)) => format!("failed, continuing: {diff}"),
+                (true, None) => "failed, continuing".to_string(),
+                (false, _) => "failed".to_string(),
+            };
             let text = format!(
-                "forkpoint restart: {who} step {} of {n} ({what}) failed: errno ",
+                "forkpoint restart: {who} step {} of {n} ({what}) {outcome}: errno ",
                 i + 1
             );
             let at = d.put(text.as_bytes(), 1);
@@ -360,7 +421,7 @@ impl Steps {
             names.push(format!("{who}: {what}"));
         }
         let mut prog = vec![n as u64, err_fd as u64];
-        for ((o, _), (mp, ml)) in self.0.iter().zip(&msgs) {
+        for ((o, _, _), (mp, ml)) in self.0.iter().zip(&msgs) {
             prog.push(o.nr);
             prog.extend_from_slice(&o.args);
             prog.extend_from_slice(&[o.flags, *mp, *ml, o.rsp]);
@@ -543,18 +604,101 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
         auxv_at,
     ]);
     map.extend_from_slice(&(auxv_bytes.len() as u32).to_le_bytes());
-    // With the privilege for it, /proc/self/exe names the program again (exe_fd); the same
-    // call without it follows, so brk and argv are set either way.
+    match inp.mm_restore {
+        MmRestore::Map => {
+            // With the privilege for it, /proc/self/exe names the program again (exe_fd); the
+            // same call without it follows, so brk and argv are set either way.
+            if let Some(fd) = inp.exe_fd {
+                let mut with_exe = map.clone();
+                with_exe.extend_from_slice(&(fd as u32).to_le_bytes());
+                let at = d.put(&with_exe, 8);
+                steps.add_fallible(
+                    SYS_PRCTL,
+                    [PR_SET_MM, PR_SET_MM_MAP, at, with_exe.len() as u64, 0, 0],
+                    "prctl(PR_SET_MM_MAP): brk, argv, environment, auxv and /proc/self/exe".into(),
+                    "/proc/self/exe names forkpoint, not the program (the next step sets the rest)"
+                        .into(),
+                );
+            }
+            map.extend_from_slice(&(-1i32).to_le_bytes()); // exe_fd: keep
+            let map_at = d.put(&map, 8);
+            let what = if inp.exe_fd.is_some() {
+                "prctl(PR_SET_MM_MAP) again without exe_fd: brk, argv, environment and auxv"
+            } else {
+                "prctl(PR_SET_MM_MAP): brk, argv, environment and auxv"
+            };
+            steps.add_fallible(
+                SYS_PRCTL,
+                [PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64, 0, 0],
+                what.into(),
+                "the kernel's brk, argv and environment ranges (/proc/PID/cmdline, sbrk) and \
+                 auxv stay the loader's"
+                    .into(),
+            );
+        }
+        MmRestore::Single(_) => {
+            let want = [
+                mm.start_code,
+                mm.end_code,
+                mm.start_data,
+                mm.end_data,
+                mm.start_brk,
+                mm.brk,
+                mm.arg_start,
+                mm.arg_end,
+                mm.env_start,
+                mm.env_end,
+            ];
+            for (opt, value, name) in single_mm_ops(&want, &inp.loader_mm) {
+                steps.add_fallible(
+                    SYS_PRCTL,
+                    [PR_SET_MM, opt, value, 0, 0, 0],
+                    format!("prctl(PR_SET_MM, {name}, {value:#x})"),
+                    "this field of /proc/PID/stat stays the loader's".into(),
+                );
+            }
+            steps.add_fallible(
+                SYS_PRCTL,
+                [
+                    PR_SET_MM,
+                    PR_SET_MM_AUXV,
+                    auxv_at,
+                    auxv_bytes.len() as u64,
+                    0,
+                    0,
+                ],
+                "prctl(PR_SET_MM, PR_SET_MM_AUXV)".into(),
+                "/proc/PID/auxv stays the loader's".into(),
+            );
+            if let Some(fd) = inp.exe_fd {
+                steps.add_fallible(
+                    SYS_PRCTL,
+                    [PR_SET_MM, PR_SET_MM_EXE_FILE, fd as u64, 0, 0, 0],
+                    "prctl(PR_SET_MM, PR_SET_MM_EXE_FILE)".into(),
+                    "/proc/self/exe names forkpoint, not the program".into(),
+                );
+            }
+        }
+        MmRestore::Loader(_) => {
+            // The kernel's break stays the loader's (frozen at its start, below the program's
+            // heap: verify::check_loader_layout): a page there makes every brk() that would
+            // grow it fail, so malloc turns to mmap. Already mapped (EEXIST): blocked as well.
+            steps.add(
+                SYS_MMAP,
+                [
+                    inp.loader_mm[4],
+                    PAGE_SIZE,
+                    0,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+                    u64::MAX,
+                    0,
+                ],
+                MAY_FAIL | QUIET,
+                format!("guard page at the loader's break {:#x}", inp.loader_mm[4]),
+            );
+        }
+    }
     if let Some(fd) = inp.exe_fd {
-        let mut with_exe = map.clone();
-        with_exe.extend_from_slice(&(fd as u32).to_le_bytes());
-        let at = d.put(&with_exe, 8);
-        steps.add(
-            SYS_PRCTL,
-            [PR_SET_MM, PR_SET_MM_MAP, at, with_exe.len() as u64, 0, 0],
-            MAY_FAIL,
-            "prctl(PR_SET_MM_MAP) with exe_fd: /proc/self/exe stays forkpoint's; continuing".into(),
-        );
         steps.add(
             SYS_CLOSE,
             [fd as u64, 0, 0, 0, 0, 0],
@@ -562,15 +706,6 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
             "close of the exe descriptor".into(),
         );
     }
-    map.extend_from_slice(&(-1i32).to_le_bytes()); // exe_fd: keep
-    let map_at = d.put(&map, 8);
-    steps.add(
-        SYS_PRCTL,
-        [PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64, 0, 0],
-        MAY_FAIL,
-        "prctl(PR_SET_MM_MAP): brk, argv, environment and auxv stay the loader's; continuing"
-            .into(),
-    );
 
     // 5. The other threads: each a clone that sets its TLS and tid address, then runs its own
     //    small program ending in rt_sigreturn on its frame.
@@ -671,6 +806,47 @@ pub fn data_len_bound(meta: &Metadata) -> u64 {
 mod tests {
     use super::*;
     use forkpoint_image::{Contents, Mapping};
+
+    /// The kernel's checks on one single PR_SET_MM step (kernel/sys.c
+    /// validate_prctl_map_addr): every pair ordered, start_code strictly.
+    fn kernel_accepts(m: &[u64; 10]) -> bool {
+        m[0] < m[1] && m[2] <= m[3] && m[4] <= m[5] && m[6] <= m[7] && m[8] <= m[9]
+    }
+
+    #[test]
+    fn single_mm_ops_pass_the_kernel_checks_at_every_step() {
+        let loader = [
+            0x5555_0000,
+            0x5556_0000,
+            0x5557_0000,
+            0x5557_1000,
+            0x5558_0000,
+            0x5558_8000,
+            0x7ffd_1000,
+            0x7ffd_1100,
+            0x7ffd_1100,
+            0x7ffd_1f00,
+        ];
+        // The program's layout below, above, and overlapping the loader's.
+        let below = loader.map(|v| v - 0x1000_0000);
+        let above = loader.map(|v| v + 0x1000_0000);
+        let mut overlapping = loader.map(|v| v + 0x800);
+        overlapping[1] = loader[1] + 0x10_0000;
+        for want in [below, above, overlapping, loader] {
+            let ops = single_mm_ops(&want, &loader);
+            assert_eq!(ops.len(), 10);
+            let mut cur = loader;
+            for (opt, value, name) in ops {
+                let i = [1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+                    .iter()
+                    .position(|&o| o == opt)
+                    .unwrap();
+                cur[i] = value;
+                assert!(kernel_accepts(&cur), "{name} leaves {cur:x?}");
+            }
+            assert_eq!(cur, want);
+        }
+    }
 
     fn mapping(start: u64, end: u64, kind: MappingKind) -> Mapping {
         Mapping {

@@ -90,6 +90,75 @@ pub fn populate_write(addr: u64, len: u64) -> bool {
     !(r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL))
 }
 
+/// Whether the kernel takes `prctl(PR_SET_MM, PR_SET_MM_MAP)` from this process: asks for the
+/// map's size (`PR_SET_MM_MAP_SIZE`), which goes through the same gate (CONFIG_CHECKPOINT_RESTORE,
+/// a seccomp filter) and changes nothing. `Err` holds the errno.
+pub fn mm_map_available() -> Result<(), i32> {
+    let mut size: u32 = 0;
+    // SAFETY: PR_SET_MM_MAP_SIZE writes one u32 to the pointer and changes nothing.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_MM,
+            libc::PR_SET_MM_MAP_SIZE,
+            &mut size as *mut u32,
+            0,
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+/// The loader's own mm fields the single `PR_SET_MM_*` operations start from: start_code,
+/// end_code, start_data, end_data, start_brk, brk, arg_start, arg_end, env_start, env_end.
+pub fn current_mm() -> [u64; 10] {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    // Field 3 is the first after the name; proc(5) numbers start_code 26, end_code 27,
+    // start_data 45, end_data 46, start_brk 47, arg_start 48 .. env_end 51.
+    let field = |n: usize| -> u64 {
+        after_name
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: brk(0) only reports the current break.
+    let brk = unsafe { libc::syscall(libc::SYS_brk, 0) } as u64;
+    [
+        field(26),
+        field(27),
+        field(45),
+        field(46),
+        field(47),
+        brk,
+        field(48),
+        field(49),
+        field(50),
+        field(51),
+    ]
+}
+
+/// Moves the kernel's break (the loader's, when it cannot be set to the program's) back to the
+/// loader's `start_brk`, below the program's heap (checked by verify::check_loader_layout), so
+/// that the kernel refuses every `brk()` the program makes below it and reports a break under
+/// the address asked for (glibc's test for failure); the blob then blocks growth with a guard
+/// page there. Left as it was, a `brk()` below the loader's break would "shrink" it: the kernel
+/// unmaps from there up and reports success. The loader's heap goes: nothing may allocate
+/// after this. Called last before the blob; allocation-free.
+pub fn freeze_loader_brk(start_brk: u64) -> Result<(), ()> {
+    // SAFETY: the loader's heap is not used after this (the caller jumps to the blob next).
+    let r = unsafe { libc::syscall(libc::SYS_brk, start_brk) } as u64;
+    if r == start_brk {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
 /// Unregisters the loader thread's rseq area before its memory goes away.
 pub fn rseq_unregister() -> Result<(), String> {
     // SAFETY: dlsym lookups of glibc's exported rseq variables (NUL-terminated names).

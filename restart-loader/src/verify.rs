@@ -231,15 +231,94 @@ pub fn credential_warnings(meta: &Metadata, taking: Option<&Credentials>) -> Vec
     w
 }
 
-/// Whether this process may change /proc/self/exe (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
-pub fn may_set_exe() -> bool {
+fn effective_capabilities() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Whether this process may change /proc/self/exe (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
+pub fn may_set_exe() -> bool {
+    let eff = effective_capabilities();
     eff & (1 << 21) != 0 || eff & (1 << 40) != 0
+}
+
+/// How the restore sets the kernel's view of the program's memory layout (brk, the argv and
+/// environment ranges, auxv, the code and data bounds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmRestore {
+    /// `PR_SET_MM_MAP`: all at once, unprivileged too.
+    Map,
+    /// `PR_SET_MM_MAP` refused (errno): the single `PR_SET_MM_*` operations, which need
+    /// CAP_SYS_RESOURCE (what CRIU does on kernels without the map call).
+    Single(i32),
+    /// Refused, and no CAP_SYS_RESOURCE for the single operations: they stay the loader's.
+    Loader(i32),
+}
+
+/// Chooses the [`MmRestore`] way from what the kernel answers and the capabilities held.
+pub fn mm_restore() -> MmRestore {
+    mm_restore_from(crate::sys::mm_map_available(), effective_capabilities())
+}
+
+fn mm_restore_from(map: Result<(), i32>, eff: u64) -> MmRestore {
+    const CAP_SYS_RESOURCE: u64 = 1 << 24;
+    match map {
+        Ok(()) => MmRestore::Map,
+        Err(e) if eff & CAP_SYS_RESOURCE != 0 => MmRestore::Single(e),
+        Err(e) => MmRestore::Loader(e),
+    }
+}
+
+/// Whether the program can run with the loader's layout ([`MmRestore::Loader`]), which is
+/// only safe when the loader's break lies at or below the program's heap. The kernel answers a
+/// refused `brk()` with its current break and glibc takes any answer at or above the address
+/// it asked for as success: with the loader's break above the program's heap, every `sbrk`
+/// and every growing `malloc` would be told it got memory that is not there.
+pub fn check_loader_layout(
+    how: MmRestore,
+    loader_start_brk: u64,
+    program_start_brk: u64,
+) -> Result<(), RestoreError> {
+    match how {
+        MmRestore::Loader(e) if loader_start_brk > program_start_brk => Err(RestoreError(format!(
+            "cannot restore the program's memory layout here: prctl(PR_SET_MM_MAP) is refused \
+             ({}; a kernel without CONFIG_CHECKPOINT_RESTORE or a seccomp filter), there is no \
+             CAP_SYS_RESOURCE for the single PR_SET_MM operations, and the kernel's break would \
+             stay the loader's at {loader_start_brk:#x}, above the program's heap at \
+             {program_start_brk:#x}: its brk() and sbrk() calls would be told they succeeded \
+             for memory that is not there. Restart where PR_SET_MM_MAP is allowed or with \
+             CAP_SYS_RESOURCE",
+            std::io::Error::from_raw_os_error(e)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What the restart says about the layout it could not restore, if anything.
+pub fn mm_restore_warning(how: MmRestore) -> Option<String> {
+    let errno = |e: i32| std::io::Error::from_raw_os_error(e);
+    match how {
+        MmRestore::Map => None,
+        MmRestore::Single(e) => Some(format!(
+            "prctl(PR_SET_MM_MAP) is refused here ({}; a kernel without \
+             CONFIG_CHECKPOINT_RESTORE or a seccomp filter): brk, argv, environment and auxv \
+             are set one by one with CAP_SYS_RESOURCE instead",
+            errno(e)
+        )),
+        MmRestore::Loader(e) => Some(format!(
+            "prctl(PR_SET_MM_MAP) is refused here ({}; a kernel without \
+             CONFIG_CHECKPOINT_RESTORE or a seccomp filter) and there is no CAP_SYS_RESOURCE \
+             for the single PR_SET_MM operations, so the kernel keeps the loader's layout for \
+             the restored program: sbrk() and brk() fail (malloc falls back to mmap), \
+             /proc/PID/cmdline and /proc/PID/environ show the loader's, /proc/PID/auxv is the \
+             loader's (getauxval() is not affected) and /proc/PID/exe names forkpoint",
+            errno(e)
+        )),
+    }
 }
 
 /// An image is code and data that will run as the caller: refuse one another user owns.
@@ -291,6 +370,28 @@ pub fn credentials_to_take(meta: &Metadata) -> Result<Option<Credentials>, Resto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mm_restore_falls_back_by_capability() {
+        assert_eq!(mm_restore_from(Ok(()), 0), MmRestore::Map);
+        assert_eq!(
+            mm_restore_from(Err(libc::EPERM), 1 << 24),
+            MmRestore::Single(libc::EPERM)
+        );
+        assert_eq!(
+            mm_restore_from(Err(libc::EINVAL), !(1 << 24)),
+            MmRestore::Loader(libc::EINVAL)
+        );
+        assert!(mm_restore_warning(MmRestore::Map).is_none());
+        let w = mm_restore_warning(MmRestore::Loader(libc::EPERM)).unwrap();
+        assert!(w.contains("sbrk") && w.contains("/proc/PID/cmdline"), "{w}");
+        let loader = MmRestore::Loader(libc::EPERM);
+        assert!(check_loader_layout(loader, 0x5000, 0x6000).is_ok());
+        assert!(check_loader_layout(loader, 0x6000, 0x6000).is_ok());
+        let e = check_loader_layout(loader, 0x7000, 0x6000).unwrap_err();
+        assert!(e.0.contains("0x7000") && e.0.contains("0x6000"), "{}", e.0);
+        assert!(check_loader_layout(MmRestore::Single(libc::EPERM), 0x7000, 0x6000).is_ok());
+    }
 
     #[test]
     fn own_proc_paths_follow_the_process() {

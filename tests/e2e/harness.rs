@@ -115,12 +115,19 @@ impl Drop for TestDir {
 
 /// Compiles C `source` into `dir/name` with `cc -O2`.
 pub fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
+    compile_c_with(dir, name, source, &[])
+}
+
+/// [`compile_c`] with more compiler flags.
+pub fn compile_c_with(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
     let src = dir.join(format!("{name}.c"));
     fs::write(&src, source).expect("write C source");
     fs::write(dir.join("zdtm.h"), ZDTM_H).expect("write zdtm.h");
     let exe = dir.join(name);
     let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
+        .args(["-O2", "-Wall"])
+        .args(flags)
+        .arg("-o")
         .arg(&exe)
         .arg(&src)
         .arg("-lm")

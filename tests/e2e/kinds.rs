@@ -44,6 +44,8 @@ const SHM_C: &str = include_str!("../programs/zdtm_shm.c");
 const MADVISE_C: &str = include_str!("../programs/zdtm_madvise.c");
 const INOTIFY_C: &str = include_str!("../programs/zdtm_inotify.c");
 const PROCFS_C: &str = include_str!("../programs/zdtm_procfs.c");
+const MM_C: &str = include_str!("../programs/zdtm_mm.c");
+const NO_MM_MAP_C: &str = include_str!("../programs/no_mm_map.c");
 const ECHO_SERVER_C: &str = include_str!("../programs/zdtm_echo_server.c");
 
 /// A zdtm program, compiled into its own test directory.
@@ -207,12 +209,30 @@ static RESTARTS: AtomicUsize = AtomicUsize::new(0);
 /// `forkpoint restart [args] IMAGE` of the program `orig` ran; the restored program writes
 /// on in `orig`'s output files.
 fn restart(orig: &Run, image: &Path, args: &[&str], stdin: Option<OwnedFd>) -> Run {
+    restart_under(None, orig, image, args, stdin)
+}
+
+/// [`restart`], with `forkpoint restart` run by `wrapper` (`WRAPPER forkpoint restart ...`).
+fn restart_under(
+    wrapper: Option<&Path>,
+    orig: &Run,
+    image: &Path,
+    args: &[&str],
+    stdin: Option<OwnedFd>,
+) -> Run {
     let n = RESTARTS.fetch_add(1, Ordering::SeqCst);
     let (lout, lerr) = (
         orig.dir.join(format!("restart{n}.out")),
         orig.dir.join(format!("restart{n}.err")),
     );
-    let mut cmd = Command::new(forkpoint());
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.arg(forkpoint());
+            c
+        }
+        None => Command::new(forkpoint()),
+    };
     cmd.arg("restart").args(args).arg(image);
     let spec = Spec {
         stdin,
@@ -984,6 +1004,91 @@ fn non_dumpable_process() {
 fn descriptors_on_own_proc_files() {
     let z = Zdtm::new("zdtm_procfs", PROCFS_C);
     roundtrip(&z, true, |_| Spec::default());
+}
+
+/// What the kernel keeps about the memory layout (brk, argv and environment ranges, auxv,
+/// and with the privilege for it /proc/self/exe) is the program's after a restart, so
+/// `sbrk`, a growing `malloc`, `getauxval`, `ps` and profilers see the program, not the loader.
+/// Unprivileged, the restart says that /proc/PID/exe is the one thing it could not set.
+#[test]
+fn memory_layout_the_kernel_keeps_is_the_programs() {
+    let z = Zdtm::new("zdtm_mm", MM_C);
+    let privileged = is_root();
+    let (_, r) = roundtrip(&z, true, |_| {
+        let mut s = Spec::args(&[&"two words", &"", &"last"]);
+        if privileged {
+            s.env.push(("FORKPOINT_TEST_EXE_KEPT", "1".into()));
+        }
+        s
+    });
+    let err = r.loader_stderr();
+    assert!(
+        !err.contains("PR_SET_MM_MAP"),
+        "no PR_SET_MM_MAP step may fail here:\n{err}"
+    );
+    assert_eq!(
+        err.contains("/proc/PID/exe of the restored process names"),
+        !privileged,
+        "the restart must say exactly when /proc/PID/exe is not the program's:\n{err}"
+    );
+}
+
+/// Where the kernel refuses PR_SET_MM_MAP (here a seccomp filter, as in a container profile or
+/// on a kernel without CONFIG_CHECKPOINT_RESTORE), the restart says so before it runs the
+/// program. With CAP_SYS_RESOURCE it sets the same fields one by one, as CRIU does, and the
+/// program sees its own layout. Without it the kernel's break would stay the loader's, above
+/// this (non-PIE, low heap) program's: its brk() calls would be told they got memory that is
+/// not there, so the restart is refused, naming both addresses, and the program never runs.
+#[test]
+fn memory_layout_without_pr_set_mm_map() {
+    let t = TestDir::new("zdtm_mm_nopie");
+    let z = Zdtm {
+        exe: compile_c_with(&t.path, "zdtm_mm", MM_C, &["-no-pie"]),
+        t,
+    };
+    let wrapper = compile_c(&z.t.path, "no_mm_map", NO_MM_MAP_C);
+    // CAP_SYS_RESOURCE, not root: container runtimes often leave it out of root's set.
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap();
+    let single_ops = eff & (1 << 24) != 0;
+    let dir = z.dir("run");
+    let mut spec = Spec::args(&[&"an argument"]);
+    if single_ops && is_root() {
+        spec.env.push(("FORKPOINT_TEST_EXE_KEPT", "1".into()));
+    }
+    let mut run = start_under_fp(&z, &dir, spec);
+    run.line("ready");
+    let image = checkpoint_and_kill(&mut run);
+    run.go();
+    if single_ops {
+        let mut r = restart_under(Some(&wrapper), &run, &image, &[], None);
+        r.passes();
+        let err = r.loader_stderr();
+        assert!(
+            err.contains("prctl(PR_SET_MM_MAP) is refused here (Operation not permitted")
+                && err.contains("set one by one with CAP_SYS_RESOURCE")
+                && !err.contains("failed"),
+            "the restart must say that PR_SET_MM_MAP is refused and what it did instead:\n{err}"
+        );
+    } else {
+        let before = fs::read(&run.out).unwrap();
+        let mut r = restart_under(Some(&wrapper), &run, &image, &[], None);
+        let st = r.proc.wait(WAIT);
+        let err = r.loader_stderr();
+        assert!(
+            st.code() == Some(1)
+                && err.contains("prctl(PR_SET_MM_MAP) is refused")
+                && err.contains("no CAP_SYS_RESOURCE")
+                && err.contains("above the program's heap"),
+            "the restart must be refused, saying why:\n{}",
+            r.describe()
+        );
+        assert_eq!(fs::read(&run.out).unwrap(), before, "the program ran");
+    }
 }
 
 /// inotify watches cannot be restored: `info` says `/dev/null` and why, `--strict`
