@@ -10,6 +10,7 @@ mod cli;
 mod harness;
 mod kinds;
 mod reliability;
+mod runtimes;
 mod threads;
 
 use std::ffi::{OsStr, OsString};
