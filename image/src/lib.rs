@@ -70,6 +70,22 @@ pub mod restore_info {
     pub const LEN: usize = 32;
 }
 
+/// The library's table of restored threads ([`LibraryInfo::thread_table_addr`]), one entry
+/// per thread of the image. A restored thread keeps, in glibc's `pthread->tid`, the TID it had
+/// when the program first ran, so that lock owners recorded in memory (recursive and
+/// error-checking mutexes, glibc's own loader lock) still name it; its TID in this run is in
+/// the table, for the library's `pthread_kill` to signal it by. The loader writes the first two
+/// fields and the main thread's TID; `clone(CLONE_PARENT_SETTID)` writes each other thread's.
+pub mod thread_table {
+    pub const ENTRY_LEN: usize = 16;
+    /// `&pthread->tid` of the thread (0: unused entry).
+    pub const OFF_TID_ADDRESS: usize = 0;
+    /// The TID glibc keeps at that address (i32).
+    pub const OFF_KEPT_TID: usize = 8;
+    /// The thread's TID in this run (i32).
+    pub const OFF_TID: usize = 12;
+}
+
 /// CRC-32 (IEEE) used for every checksum in the format.
 pub fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)

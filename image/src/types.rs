@@ -102,6 +102,13 @@ pub struct LibraryInfo {
     pub version: String,
     /// Address of the library's restore-info block (see `restore_info`).
     pub restore_info_addr: u64,
+    /// Address and entries of the library's table of restored threads (see `thread_table`);
+    /// 0 for a library without one, whose restored threads get their new TID in glibc's
+    /// `pthread->tid` instead.
+    #[serde(default)]
+    pub thread_table_addr: u64,
+    #[serde(default)]
+    pub thread_table_len: u32,
 }
 
 /// The kernel's `mm_struct` fields `PR_SET_MM_MAP` restores.

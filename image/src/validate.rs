@@ -26,7 +26,7 @@
 use std::fmt;
 
 use crate::{
-    restore_info, Compression, Contents, MappingKind, Metadata, FIRST_CHUNK_OFFSET,
+    restore_info, thread_table, Compression, Contents, MappingKind, Metadata, FIRST_CHUNK_OFFSET,
     MAX_CHUNK_RAW_LEN, PAGE_SIZE,
 };
 
@@ -521,6 +521,23 @@ fn validate_misc(m: &Metadata) -> Result<(), ValidationError> {
     if a != 0 && (a & 7 != 0 || !user_range(a, restore_info::LEN as u64)) {
         return err(format!(
             "library.restore_info_addr {a:#x} is not an aligned user address"
+        ));
+    }
+    let (t, n) = (m.library.thread_table_addr, m.library.thread_table_len);
+    if t != 0
+        && (t & 7 != 0
+            || n as usize > MAX_THREADS
+            || !user_range(t, n as u64 * thread_table::ENTRY_LEN as u64))
+    {
+        return err(format!(
+            "library.thread_table_addr {t:#x} with {n} entries is not an aligned user range \
+             of at most {MAX_THREADS} entries"
+        ));
+    }
+    if t != 0 && (n as usize) < m.threads.len() {
+        return err(format!(
+            "library.thread_table_len {n} is less than the {} threads",
+            m.threads.len()
         ));
     }
     if m.cpu.xsave_frame_size > MAX_XSAVE_FRAME_SIZE {

@@ -242,6 +242,7 @@ fn head() -> impl Strategy<Value = (ProcessInfo, CheckpointInfo, CpuInfo, Librar
     let library = (text(), any::<u64>()).prop_map(|(version, restore_info_addr)| LibraryInfo {
         version,
         restore_info_addr,
+        ..LibraryInfo::default()
     });
     let mm = (
         any::<[u64; 11]>(),
