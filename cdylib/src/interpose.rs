@@ -52,7 +52,7 @@ fn our_signal() -> c_int {
 }
 
 /// `dlsym(RTLD_NEXT, name)`, cached.
-fn next_fn(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
+pub(crate) fn next_fn(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr) -> *mut c_void {
     let p = slot.load(Ordering::Acquire);
     if !p.is_null() {
         return p;

@@ -19,6 +19,7 @@ pub mod procfs;
 mod report;
 mod state;
 mod sys;
+mod thread_ids;
 mod writer;
 
 use core::sync::atomic::Ordering;
@@ -48,6 +49,7 @@ fn init() {
 }
 
 fn try_init() -> Result<(), String> {
+    thread_ids::init();
     let cwd = std::env::current_dir()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "/".into());

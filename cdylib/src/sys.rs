@@ -248,6 +248,13 @@ pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult {
     unsafe { sc!(libc::SYS_tgkill, pid, tid, sig) }
 }
 
+/// As `rt_tgsigqueueinfo(2)`: a signal with `info` (a kernel siginfo, 128 bytes) to one
+/// thread of process `pid`.
+pub fn tgsigqueueinfo(pid: i32, tid: i32, sig: i32, info: &[u64; 16]) -> SysResult {
+    // SAFETY: info is a whole 128-byte siginfo the kernel only reads.
+    unsafe { sc!(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info.as_ptr()) }
+}
+
 /// Current signal mask of the calling thread (64 signals).
 pub fn sigmask_get() -> u64 {
     let mut old: u64 = 0;
@@ -494,6 +501,24 @@ pub fn sched_getaffinity(mask: &mut [u64; 16]) {
     *mask = [0; 16];
     // SAFETY: mask is 128 writable bytes.
     let _ = unsafe { sc!(libc::SYS_sched_getaffinity, 0, 128, mask.as_mut_ptr()) };
+}
+
+/// Thread `tid`'s CPU affinity into `len` bytes at `set`; the bytes the kernel filled.
+///
+/// # Safety
+/// `set` must be `len` writable bytes.
+pub unsafe fn sched_getaffinity_of(tid: i32, set: *mut u8, len: usize) -> Result<usize, i32> {
+    // SAFETY: caller's contract.
+    unsafe { sc!(libc::SYS_sched_getaffinity, tid, len, set) }
+}
+
+/// Sets thread `tid`'s CPU affinity from `len` bytes at `set`.
+///
+/// # Safety
+/// `set` must be `len` readable bytes.
+pub unsafe fn sched_setaffinity_of(tid: i32, set: *const u8, len: usize) -> SysResult {
+    // SAFETY: caller's contract.
+    unsafe { sc!(libc::SYS_sched_setaffinity, tid, len, set) }
 }
 
 /// The calling thread's scheduling policy and priority.

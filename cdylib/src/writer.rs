@@ -17,7 +17,7 @@ use crate::fds::{self, FdContext, PipeCopy};
 use crate::fixbuf::FixBuf;
 use crate::procfs::{self, Plan};
 use crate::report;
-use crate::state::{Capture, ThreadCapture, CAPTURE, RESTORE_INFO, RUNTIME, THREADS};
+use crate::state::{Capture, ThreadCapture, CAPTURE, MAX_THREADS, RESTORE_INFO, RUNTIME, THREADS};
 use crate::sys;
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -684,6 +684,8 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
     meta.library = image::LibraryInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         restore_info_addr: RESTORE_INFO.get() as u64,
+        thread_table_addr: crate::thread_ids::THREAD_TABLE.get() as u64,
+        thread_table_len: MAX_THREADS as u32,
     };
 
     let stat = read_proc_string(b"/proc/self/stat\0");

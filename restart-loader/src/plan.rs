@@ -2,7 +2,9 @@
 //! syscalls the blob runs. Pure functions over the image's metadata and the loader's own
 //! memory map; no syscalls here.
 
-use forkpoint_image::{Mapping, MappingKind, Metadata, ThreadState, PAGE_SIZE, RESUME_RESTORED};
+use forkpoint_image::{
+    thread_table, Mapping, MappingKind, Metadata, ThreadState, PAGE_SIZE, RESUME_RESTORED,
+};
 
 use crate::blob::{Op, CLONE, MAY_FAIL, OP_WORDS, QUIET, SET_RSP};
 use crate::verify::MmRestore;
@@ -431,6 +433,15 @@ impl Steps {
     }
 }
 
+/// Where the kernel writes the new TID of thread `i` (`CLONE_PARENT_SETTID`): its entry of the
+/// library's thread table (0 without one).
+pub fn thread_table_tid(table: u64, i: usize) -> u64 {
+    if table == 0 {
+        return 0;
+    }
+    table + (i * thread_table::ENTRY_LEN + thread_table::OFF_TID) as u64
+}
+
 /// Per-thread kernel state that lives outside memory, then the thread's resume.
 fn thread_tail(steps: &mut Steps, d: &mut DataBuilder, t: &ThreadState) {
     if t.robust_list != 0 {
@@ -708,7 +719,11 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
     }
 
     // 5. The other threads: each a clone that sets its TLS and tid address, then runs its own
-    //    small program ending in rt_sigreturn on its frame.
+    //    small program ending in rt_sigreturn on its frame. With the library's thread table,
+    //    glibc's `pthread->tid` keeps the TID the program knows the thread by (lock owners in
+    //    memory name it) and the kernel writes the new one into the table; without, the new
+    //    TID goes into `pthread->tid`.
+    let table = meta.library.thread_table_addr;
     let clone_flags = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
@@ -716,8 +731,12 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM
         | libc::CLONE_SETTLS
-        | libc::CLONE_CHILD_SETTID
-        | libc::CLONE_CHILD_CLEARTID) as u64;
+        | libc::CLONE_CHILD_CLEARTID
+        | if table != 0 {
+            libc::CLONE_PARENT_SETTID
+        } else {
+            libc::CLONE_CHILD_SETTID
+        }) as u64;
     let mut stack_k = 0u64;
     for (i, t) in meta.threads.iter().enumerate() {
         if i == main {
@@ -742,7 +761,14 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
         steps.add_op(
             Op {
                 nr: SYS_CLONE,
-                args: [clone_flags, stack_top, 0, t.tid_address, t.fs_base, 0],
+                args: [
+                    clone_flags,
+                    stack_top,
+                    thread_table_tid(table, i),
+                    t.tid_address,
+                    t.fs_base,
+                    0,
+                ],
                 flags: CLONE,
                 rsp: child_at,
                 ..Op::default()

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use forkpoint_image::read::ChunkReader;
-use forkpoint_image::{restore_info, Contents, ImageFile, MappingKind, Metadata, PAGE_SIZE};
+use forkpoint_image::{
+    restore_info, thread_table, Contents, ImageFile, MappingKind, Metadata, PAGE_SIZE,
+};
 
 use crate::plan::Layout;
 use crate::{sys, RestoreError};
@@ -213,7 +215,8 @@ pub fn fill_regions(
     Ok(pages.load(Ordering::Relaxed) as u64)
 }
 
-/// Writes what the library reads when it resumes, and the thread's TID where glibc keeps it.
+/// Writes what the library reads when it resumes: the restore block and the table of restored
+/// threads (for a library without one, the new TIDs go where glibc keeps them instead).
 pub fn patch(
     meta: &Metadata,
     stage: &StageMap,
@@ -238,13 +241,52 @@ pub fn patch(
         // SAFETY: translated into staged RW memory.
         unsafe { sys::copy_to(dst, &block) };
     }
-    for t in &meta.threads {
-        if t.tid_address != 0 {
-            if let Some(dst) = stage.translate(t.tid_address, 4) {
-                // SAFETY: translated into staged RW memory.
-                unsafe { sys::copy_to(dst, &new_tid.to_le_bytes()) };
+    let table = meta.library.thread_table_addr;
+    if table == 0 {
+        // A library without a thread table: glibc's cached TIDs become this run's.
+        for t in &meta.threads {
+            if t.tid_address != 0 {
+                if let Some(dst) = stage.translate(t.tid_address, 4) {
+                    // SAFETY: translated into staged RW memory.
+                    unsafe { sys::copy_to(dst, &new_tid.to_le_bytes()) };
+                }
             }
         }
+        return Ok(());
+    }
+    // Field by field: the table may span two mappings (a library's .data and .bss). The
+    // library reads entries up to the first without a tid address.
+    let put = |at: u64, bytes: &[u8]| -> Result<(), RestoreError> {
+        let dst = stage.translate(at, bytes.len() as u64).ok_or_else(|| {
+            RestoreError(format!(
+                "the library's thread table at {table:#x} is not in a restored mapping"
+            ))
+        })?;
+        // SAFETY: translated into staged RW memory of bytes.len() bytes.
+        unsafe { sys::copy_to(dst, bytes) };
+        Ok(())
+    };
+    let main = crate::plan::main_thread_index(meta);
+    for (i, t) in meta.threads.iter().enumerate() {
+        let kept = match stage.translate(t.tid_address, 4) {
+            // SAFETY: translated into staged memory, 4 bytes.
+            Some(src) if t.tid_address != 0 => i32::from_le_bytes(unsafe { sys::copy_from(src) }),
+            _ => 0,
+        };
+        let e = table + (i * thread_table::ENTRY_LEN) as u64;
+        put(
+            e + thread_table::OFF_TID_ADDRESS as u64,
+            &t.tid_address.to_le_bytes(),
+        )?;
+        put(e + thread_table::OFF_KEPT_TID as u64, &kept.to_le_bytes())?;
+        // The others' are written by the kernel when the blob clones them.
+        let tid = if i == main { new_tid } else { 0 };
+        put(e + thread_table::OFF_TID as u64, &tid.to_le_bytes())?;
+    }
+    let n = meta.threads.len();
+    if n < meta.library.thread_table_len as usize {
+        let end = table + (n * thread_table::ENTRY_LEN + thread_table::OFF_TID_ADDRESS) as u64;
+        put(end, &0u64.to_le_bytes())?;
     }
     Ok(())
 }

@@ -67,6 +67,15 @@ pub unsafe fn copy_to(dst: u64, src: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) }
 }
 
+/// Reads `N` bytes of staged memory.
+///
+/// # Safety
+/// `src..src+N` must be mapped readable memory.
+pub unsafe fn copy_from<const N: usize>(src: u64) -> [u8; N] {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned(src as *const [u8; N]) }
+}
+
 /// Staged memory as a byte slice, to decompress into.
 ///
 /// # Safety

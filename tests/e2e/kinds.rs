@@ -45,6 +45,7 @@ const MADVISE_C: &str = include_str!("../programs/zdtm_madvise.c");
 const INOTIFY_C: &str = include_str!("../programs/zdtm_inotify.c");
 const PROCFS_C: &str = include_str!("../programs/zdtm_procfs.c");
 const MM_C: &str = include_str!("../programs/zdtm_mm.c");
+const HELD_LOCKS_C: &str = include_str!("../programs/zdtm_held_locks.c");
 const NO_MM_MAP_C: &str = include_str!("../programs/no_mm_map.c");
 const ECHO_SERVER_C: &str = include_str!("../programs/zdtm_echo_server.c");
 
@@ -1031,6 +1032,19 @@ fn memory_layout_the_kernel_keeps_is_the_programs() {
         !privileged,
         "the restart must say exactly when /proc/PID/exe is not the program's:\n{err}"
     );
+}
+
+/// Recursive and error-checking mutexes held across the checkpoint (glibc records the owner's
+/// TID in them) are still their holders' after a restart, in the main thread and in another
+/// (node's V8 hung here, relocking its safepoint mutex), and a restored thread can still be
+/// signalled by its `pthread_t`. Twice from the same image: each restart numbers the threads
+/// anew.
+#[test]
+fn locks_held_across_the_checkpoint() {
+    let z = Zdtm::new("zdtm_held_locks", HELD_LOCKS_C);
+    let (image, first) = roundtrip(&z, true, |_| Spec::default());
+    let mut again = restart(&first, &image, &["--strict"], None);
+    again.passes();
 }
 
 /// Where the kernel refuses PR_SET_MM_MAP (here a seccomp filter, as in a container profile or

@@ -203,7 +203,6 @@ fn numpy_with_openblas_threads() {
 }
 
 #[test]
-#[ignore = "the restarted program does not finish (under investigation: the -shm shared mapping or the POSIX locks of WAL mode)"]
 fn sqlite_wal_database_being_written() {
     if !have_tool("/usr/bin/python3") {
         return;
