@@ -75,7 +75,7 @@ pub fn restore(
         meta.fds.len()
     ));
     verify::check_cpu(meta, verify::current_cpu())?;
-    verify::check_files(meta)?;
+    let file_warnings = verify::check_files(meta)?;
     let own_maps = plan::parse_maps(
         &std::fs::read_to_string("/proc/self/maps")
             .map_err(|e| RestoreError(format!("cannot read /proc/self/maps: {e}")))?,
@@ -122,6 +122,7 @@ pub fn restore(
     let (prepared, mut warnings) = fds::prepare(&img, base)?;
     warnings.extend(meta.warnings.iter().cloned());
     warnings.extend(advice_warnings);
+    warnings.extend(file_warnings);
     warnings.extend(verify::credential_warnings(meta, creds.as_ref()));
     // SAFETY: duplicating our own stderr for the blob's messages.
     let err_fd = unsafe {

@@ -130,19 +130,53 @@ pub fn live_path(meta: &Metadata, path: &str) -> String {
     }
 }
 
-/// Files behind mappings must be exactly as they were; the others must exist.
-pub fn check_files(meta: &Metadata) -> Result<(), RestoreError> {
+/// Files behind mappings must be exactly as they were; the others must exist. Returns the
+/// warnings to show.
+///
+/// A writable shared mapping is the file itself: the program (or another process) writing
+/// it after the checkpoint is what it was doing (the JVM's `hsperfdata` counters), and the
+/// restored mapping shows the file as it is now, as with CRIU. It must still be the same
+/// file and still cover the mapping (a shorter file would fault with SIGBUS).
+pub fn check_files(meta: &Metadata) -> Result<Vec<String>, RestoreError> {
+    let mut warnings = Vec::new();
     let mut seen = BTreeSet::new();
     for m in &meta.mappings {
-        if let MappingKind::File { file } | MappingKind::SharedFile { file } = &m.kind {
-            if seen.insert(file.path.clone()) {
-                if let Some(why) = file_change(file) {
-                    return Err(RestoreError(format!(
-                        "the file behind the memory mapping at {:#x} changed: {why}; restoring would give the program wrong memory",
-                        m.start
-                    )));
+        let (file, writable_shared) = match &m.kind {
+            MappingKind::File { file } => (file, false),
+            MappingKind::SharedFile { file } => (file, m.prot & libc::PROT_WRITE as u32 != 0),
+            _ => continue,
+        };
+        if !seen.insert(file.path.clone()) {
+            continue;
+        }
+        let Some(why) = file_change(file) else {
+            continue;
+        };
+        let refuse = |why: String| {
+            Err(RestoreError(format!(
+                "the file behind the memory mapping at {:#x} changed: {why}; restoring would give the program wrong memory",
+                m.start
+            )))
+        };
+        if !writable_shared {
+            return refuse(why);
+        }
+        match std::fs::metadata(&file.path) {
+            Ok(md) if md.ino() == file.inode => {
+                let needed = m.offset + (m.end - m.start);
+                if md.size() < needed {
+                    return refuse(format!(
+                        "{} is {} bytes now, shorter than the {needed} the mapping covers",
+                        file.path,
+                        md.size()
+                    ));
                 }
+                warnings.push(format!(
+                    "{} (shared, writable, mapped at {:#x}) was written since the checkpoint: the program sees it as it is now",
+                    file.path, m.start
+                ));
             }
+            _ => return refuse(why),
         }
     }
     for fd in &meta.fds {
@@ -173,7 +207,7 @@ pub fn check_files(meta: &Metadata) -> Result<(), RestoreError> {
             meta.process.cwd
         )));
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// The vdso code must be the one the program used (it may hold pointers into it).
