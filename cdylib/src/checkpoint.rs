@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::LogLevel;
 use crate::fixbuf::FixBuf;
-use crate::fork::{fork_with_resume_point, save_resume_point, Forked};
+use crate::fork::{self, fork_with_resume_point, save_resume_point, Forked};
 use crate::report::{self, Line};
 use crate::state::{
     Capture, Runtime, ThreadCapture, Trigger, API_FAILED, API_PENDING, API_RESTORED, CAPTURE,
@@ -86,7 +86,45 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
         SI_TKILL if API_PENDING.load(Ordering::SeqCst) => (Trigger::Api, 0),
         _ => (Trigger::Signal, 0),
     };
-    checkpoint(trigger, id, uctx);
+    lead(trigger, id, uctx);
+}
+
+/// What [`lead`] passes to the leader on its own stack.
+struct LeadArgs {
+    trigger: Trigger,
+    id: u64,
+    uctx: *mut c_void,
+}
+
+/// Becomes the checkpoint's leader, on the leader stack: the handler may run on a signal
+/// stack (SA_ONSTACK) of a few KiB. One leader at a time (CHECKPOINT_BUSY), so one stack.
+fn lead(trigger: Trigger, id: u64, uctx: *mut c_void) {
+    let Some(rt) = RUNTIME.get() else { return };
+    if CHECKPOINT_BUSY
+        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // Another thread is taking a checkpoint right now: a request waits its turn.
+        if trigger == Trigger::Request {
+            queue_request(id);
+        }
+        return;
+    }
+    extern "C" fn on_leader_stack(arg: u64) {
+        // SAFETY: `arg` is the LeadArgs below, alive until call_on_stack returns.
+        let a = unsafe { &*(arg as *const LeadArgs) };
+        checkpoint(a.trigger, a.id, a.uctx);
+    }
+    let args = LeadArgs { trigger, id, uctx };
+    // SAFETY: CHECKPOINT_BUSY is held, so no other thread is on the leader stack;
+    // a panic cannot unwind out of on_leader_stack (extern "C": it aborts).
+    unsafe {
+        fork::call_on_stack(
+            &args as *const LeadArgs as u64,
+            on_leader_stack,
+            rt.leader_stack.1 as u64,
+        )
+    };
 }
 
 /// A non-leader thread: save what only it can read, say so, and wait for the release.
@@ -225,19 +263,13 @@ fn finish_checkpoint() {
     }
 }
 
+/// The leader's part, with CHECKPOINT_BUSY held ([`lead`]); releases it.
 fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
     let t0 = sys::monotonic_ns();
-    let Some(rt) = RUNTIME.get() else { return };
-    if CHECKPOINT_BUSY
-        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
-        // Another thread is taking a checkpoint right now: a request waits its turn.
-        if trigger == Trigger::Request {
-            queue_request(id);
-        }
+    let Some(rt) = RUNTIME.get() else {
+        finish_checkpoint();
         return;
-    }
+    };
     let pid = sys::getpid();
     let me = sys::gettid();
     let mut report_path = FixBuf::<4096>::new();

@@ -208,3 +208,42 @@ pub unsafe fn spawn_thread(
         Ok(r as i32)
     }
 }
+
+// fp_call_on_stack(arg: u64, f: extern "C" fn(u64), stack_top: u64)
+//
+// Calls f(arg) with rsp at stack_top (16-byte aligned). The caller's rsp is kept on the new
+// stack, not in a register, so a restored process that resumes inside f (its stack is in
+// the image) returns here to the caller's frame as the original would.
+global_asm!(
+    ".pushsection .text.fp_call_on_stack,\"ax\",@progbits",
+    ".globl fp_call_on_stack",
+    ".hidden fp_call_on_stack",
+    ".type fp_call_on_stack,@function",
+    "fp_call_on_stack:",
+    "    push rbp",
+    "    mov rbp, rsp",
+    "    mov rsp, rdx",
+    "    push rbp",
+    "    sub rsp, 8",
+    "    call rsi",
+    "    add rsp, 8",
+    "    pop rsp",
+    "    pop rbp",
+    "    ret",
+    ".size fp_call_on_stack, .-fp_call_on_stack",
+    ".popsection",
+);
+
+extern "C" {
+    fn fp_call_on_stack(arg: u64, f: extern "C" fn(u64), stack_top: u64);
+}
+
+/// Runs `f(arg)` on the stack ending at `stack_top`, then returns on the caller's stack.
+///
+/// # Safety
+/// The stack must be mapped, writable and used by nothing else until `f` returns; `f` must
+/// not unwind.
+pub unsafe fn call_on_stack(arg: u64, f: extern "C" fn(u64), stack_top: u64) {
+    // SAFETY: the caller's contract; fp_call_on_stack follows the C ABI.
+    unsafe { fp_call_on_stack(arg, f, stack_top & !15) }
+}

@@ -35,6 +35,8 @@ static ALLOC: arena::ForkSafeAlloc = arena::ForkSafeAlloc;
 /// Stack of the writer child. It exists in the application's address space (so the child
 /// can start on it), but is never saved.
 const WRITER_STACK_SIZE: usize = 8 << 20;
+/// The leader uses ~30 KiB (debug build); only the pages it touches are in memory and images.
+const LEADER_STACK_SIZE: usize = 1 << 20;
 
 #[ctor::ctor]
 fn init() {
@@ -71,20 +73,8 @@ fn try_init() -> Result<(), String> {
         })
         .collect();
 
-    // SAFETY: a fresh private anonymous mapping at a kernel-chosen address.
-    let stack = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            WRITER_STACK_SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return Err("cannot map the writer stack".into());
-    }
+    let stack = map_stack(WRITER_STACK_SIZE).ok_or("cannot map the writer stack")?;
+    let leader_stack = map_stack(LEADER_STACK_SIZE).ok_or("cannot map the leader stack")?;
     let (rseq_offset, rseq_size) = glibc_rseq();
     let signal = config.signal;
     let interval = config.interval_ns;
@@ -93,18 +83,21 @@ fn try_init() -> Result<(), String> {
         .set(Runtime {
             config,
             prog,
-            child_stack: (stack as usize, stack as usize + WRITER_STACK_SIZE),
+            child_stack: (stack, stack + WRITER_STACK_SIZE),
+            leader_stack: (leader_stack, leader_stack + LEADER_STACK_SIZE),
             rseq_offset,
             rseq_size,
         })
         .map_err(|_| "initialized twice".to_string())?;
 
     // SAFETY: installing a handler with a fully initialized sigaction; every signal is blocked
-    // while it runs so no application handler interleaves with a checkpoint.
+    // while it runs so no application handler interleaves with a checkpoint. SA_ONSTACK: a
+    // Go thread runs on a goroutine stack of a few KiB that our frames would overflow; Go
+    // requires it of every handler. The leader's work moves to its own stack.
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
         sa.sa_sigaction = checkpoint::on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
         libc::sigfillset(&mut sa.sa_mask);
         if interpose::real_sigaction(signal, &sa, core::ptr::null_mut()) != 0 {
             return Err(format!("cannot install the handler of signal {signal}"));
@@ -122,6 +115,22 @@ fn try_init() -> Result<(), String> {
         eprintln!("forkpoint[{}]: ready (signal {signal})", std::process::id());
     }
     Ok(())
+}
+
+/// A private stack of `len` bytes (its start), or None.
+fn map_stack(len: usize) -> Option<usize> {
+    // SAFETY: a fresh private anonymous mapping at a kernel-chosen address.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p as usize)
 }
 
 /// glibc's rseq registration (glibc >= 2.35 exports these); (0, 0) if none.

@@ -249,6 +249,9 @@ pub struct Runtime {
     pub prog: String,
     /// The writer child's stack (start, end).
     pub child_stack: (usize, usize),
+    /// The checkpoint leader's stack (start, end): the handler may have entered on a small
+    /// signal stack (SA_ONSTACK: Go's, Rust's 8 KiB one), too small for the leader's work.
+    pub leader_stack: (usize, usize),
     /// glibc's `__rseq_offset` and `__rseq_size` (size 0: rseq not registered by glibc).
     pub rseq_offset: i64,
     pub rseq_size: u32,
