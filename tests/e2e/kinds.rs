@@ -46,6 +46,8 @@ const INOTIFY_C: &str = include_str!("../programs/zdtm_inotify.c");
 const PROCFS_C: &str = include_str!("../programs/zdtm_procfs.c");
 const MM_C: &str = include_str!("../programs/zdtm_mm.c");
 const HELD_LOCKS_C: &str = include_str!("../programs/zdtm_held_locks.c");
+const SHARED_FILE_C: &str = include_str!("../programs/zdtm_shared_file.c");
+const SIGALTSTACK_C: &str = include_str!("../programs/zdtm_sigaltstack.c");
 const NO_MM_MAP_C: &str = include_str!("../programs/no_mm_map.c");
 const ECHO_SERVER_C: &str = include_str!("../programs/zdtm_echo_server.c");
 
@@ -1045,6 +1047,56 @@ fn locks_held_across_the_checkpoint() {
     let (image, first) = roundtrip(&z, true, |_| Spec::default());
     let mut again = restart(&first, &image, &["--strict"], None);
     again.passes();
+}
+
+/// Threads with small signal stacks (Rust's 8 KiB, Go's): the library's handler runs there
+/// (SA_ONSTACK) and must fit; the leader's work runs on its own stack. Checkpointed twice, so
+/// that either thread may have been the leader.
+#[test]
+fn threads_with_small_signal_stacks() {
+    let z = Zdtm::new("zdtm_sigaltstack", SIGALTSTACK_C);
+    let dir = z.dir("run");
+    let mut run = start_under_fp(&z, &dir, Spec::default());
+    run.line("ready");
+    for _ in 0..3 {
+        checkpoint_ok(run.proc.pid);
+    }
+    let image = checkpoint_and_kill(&mut run);
+    run.go();
+    restart(&run, &image, &[], None).passes();
+}
+
+/// A file mapped shared and writable is the file itself: written after the checkpoint (the
+/// JVM's hsperfdata counters are), the restart goes on with a warning and the program sees
+/// the file as it is now, still tied to it. A file now shorter than the mapping is refused.
+#[test]
+fn shared_file_mapping_written_after_the_checkpoint() {
+    let z = Zdtm::new("zdtm_shared_file", SHARED_FILE_C);
+    let dir = z.dir("run");
+    let file = dir.join("shared.bin");
+    fs::write(&file, vec![0u8; 4 * 4096]).unwrap();
+    let mut run = start_under_fp(&z, &dir, Spec::args(&[&file]));
+    run.line("ready");
+    let image = checkpoint_and_kill(&mut run);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[100] = b'M';
+    fs::write(&file, &bytes).unwrap();
+    run.go();
+    let mut r = restart(&run, &image, &[], None);
+    r.passes();
+    let out = read_lossy(&r.out);
+    assert!(
+        out.contains("byte 100: M"),
+        "the restored mapping should show the file as it is now:\n{out}"
+    );
+    let err = r.loader_stderr();
+    assert!(
+        err.contains("shared.bin") && err.contains("written since the checkpoint"),
+        "the restart should say the shared file changed:\n{err}"
+    );
+
+    fs::write(&file, vec![0u8; 4096]).unwrap();
+    refused(&run, &image, &[], &["shorter"]);
 }
 
 /// Where the kernel refuses PR_SET_MM_MAP (here a seccomp filter, as in a container profile or

@@ -3,7 +3,13 @@
 // breakage for checkpointers. rt_goroutines DIR STEPS HOLD: reads DIR/seed at start, one line
 // per step (256 goroutines hash in parallel and a channel pipeline combines them in order),
 // waits for DIR/go at step HOLD, ends with a digest of everything it kept.
+//
+// Built with cgo (`import "C"`): a pure-Go binary is linked statically, so LD_PRELOAD never
+// loads the library into it. With cgo the runtime starts its threads with pthread_create and
+// installs its signal handlers through libc's sigaction, as in most Go programs that link C.
 package main
+
+import "C"
 
 import (
 	"crypto/sha256"
