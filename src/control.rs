@@ -69,13 +69,10 @@ pub fn parse_environ(bytes: &[u8]) -> HashMap<String, String> {
 
 /// The runtime base directory as the library computes it.
 pub fn runtime_base(env: &TargetEnv, uid: u32) -> PathBuf {
-    if let Some(d) = env.get("FORKPOINT_RUNTIME_DIR") {
-        PathBuf::from(d)
-    } else if let Some(d) = env.get("XDG_RUNTIME_DIR") {
-        Path::new(d).join("forkpoint")
-    } else {
-        PathBuf::from(format!("/tmp/forkpoint-{uid}"))
-    }
+    PathBuf::from(forkpoint_settings::runtime_base(
+        &|k| env.get(k).map(str::to_string),
+        uid,
+    ))
 }
 
 /// Creates `dir` (mode 0700) if missing, then checks it is a real directory owned by `uid`

@@ -49,6 +49,9 @@ fn bad_arguments_are_usage_errors() {
         &["checkpoint", "--output", "/", "1"],
         &["run", "--signal", "SIGKILL", "--", "true"],
         &["run", "--interval", "5 parsecs", "--", "true"],
+        // Below the library's 1 ms: once accepted here and passed on as "0ms", which the
+        // library refused, so the program ran without checkpoints.
+        &["run", "--interval", "0.5ms", "--", "true"],
         &["run"],
         &["frobnicate"],
     ] {
