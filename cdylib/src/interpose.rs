@@ -558,3 +558,36 @@ pub unsafe extern "C" fn fexecve(fd: c_int, argv: Argv, envp: Argv) -> c_int {
         )
     })
 }
+
+/// Installs `handler` (SA_SIGINFO, SA_RESTART, SA_ONSTACK, every signal blocked while it
+/// runs) for `sig` with glibc's own sigaction, which the program's calls never reach.
+pub fn install_handler(
+    sig: c_int,
+    handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut c_void),
+) -> Result<(), ()> {
+    // SAFETY: a zeroed sigaction is a valid starting point; every field is then set.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    // SAFETY: sa_mask is a sigset_t inside `sa`.
+    unsafe { libc::sigfillset(&mut sa.sa_mask) };
+    // SAFETY: a fully initialized sigaction; no old action is asked for.
+    if unsafe { real_sigaction(sig, &sa, core::ptr::null_mut()) } != 0 {
+        return Err(());
+    }
+    Ok(())
+}
+
+/// glibc's rseq registration (glibc >= 2.35 exports these); (0, 0) if none.
+pub fn glibc_rseq() -> (i64, u32) {
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; the symbols, when present,
+    // are a ptrdiff_t and an unsigned int.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        if off.is_null() || size.is_null() {
+            return (0, 0);
+        }
+        (*(off as *const isize) as i64, *(size as *const u32))
+    }
+}

@@ -6,20 +6,34 @@
 //! `forkpoint checkpoint`), by the `FORKPOINT_INTERVAL` timer, or by calling
 //! [`forkpoint_checkpoint`]. The handler captures the thread's state and forks; the child
 //! writes the image while the application runs on (see `checkpoint` and `writer`).
+//!
+//! Unsafe code is denied here and allowed module by module below, each saying why: the
+//! raw syscalls, the interposed libc functions, the fork point and the memory the
+//! checkpoint shares with its signal handlers. Parsing, planning and policy modules have none.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)] // the writer's bump allocator over its own mapping
 mod arena;
+#[allow(unsafe_code)] // the capture state shared with the signal handler, the handler's raw frames
 mod checkpoint;
+#[allow(unsafe_code)] // zstd's C API over the arena
 mod compress;
 pub mod config;
 mod fds;
 mod fixbuf;
+#[allow(unsafe_code)] // the fork point and stack switch (assembly)
 mod fork;
+#[allow(unsafe_code)] // the libc functions the program calls, replaced (no_mangle)
 mod interpose;
 pub mod procfs;
 mod report;
+#[allow(unsafe_code)] // statics shared between the handler, the threads and the writer
 mod state;
+#[allow(unsafe_code)] // the raw syscalls
 mod sys;
+#[allow(unsafe_code)] // the pthread functions translated for restored threads (no_mangle)
 mod thread_ids;
+#[allow(unsafe_code)] // reads the capture state and the process's own memory in the child
 mod writer;
 
 use core::sync::atomic::Ordering;
@@ -41,8 +55,7 @@ const LEADER_STACK_SIZE: usize = 1 << 20;
 #[ctor::ctor]
 fn init() {
     // Set-uid/set-gid programs: do nothing (glibc ignores preloads there, but be sure).
-    // SAFETY: getauxval has no preconditions.
-    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+    if sys::getauxval(libc::AT_SECURE) != 0 {
         return;
     }
     if let Err(e) = try_init() {
@@ -55,8 +68,7 @@ fn try_init() -> Result<(), String> {
     let cwd = std::env::current_dir()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "/".into());
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+    let uid = sys::getuid();
     let config = Config::from_env(&|k| std::env::var(k).ok(), &cwd, uid)?;
     let prog = std::fs::read_link("/proc/self/exe")
         .ok()
@@ -75,7 +87,7 @@ fn try_init() -> Result<(), String> {
 
     let stack = map_stack(WRITER_STACK_SIZE).ok_or("cannot map the writer stack")?;
     let leader_stack = map_stack(LEADER_STACK_SIZE).ok_or("cannot map the leader stack")?;
-    let (rseq_offset, rseq_size) = glibc_rseq();
+    let (rseq_offset, rseq_size) = interpose::glibc_rseq();
     let signal = config.signal;
     let interval = config.interval_ns;
     let debug = config.log >= LogLevel::Info;
@@ -90,19 +102,12 @@ fn try_init() -> Result<(), String> {
         })
         .map_err(|_| "initialized twice".to_string())?;
 
-    // SAFETY: installing a handler with a fully initialized sigaction; every signal is blocked
-    // while it runs so no application handler interleaves with a checkpoint. SA_ONSTACK: a
-    // Go thread runs on a goroutine stack of a few KiB that our frames would overflow; Go
-    // requires it of every handler. The leader's work moves to its own stack.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = checkpoint::on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
-        libc::sigfillset(&mut sa.sa_mask);
-        if interpose::real_sigaction(signal, &sa, core::ptr::null_mut()) != 0 {
-            return Err(format!("cannot install the handler of signal {signal}"));
-        }
-    }
+    // Every signal is blocked while the handler runs, so no application handler interleaves
+    // with a checkpoint. SA_ONSTACK: a Go thread runs on a goroutine stack of a few KiB that
+    // our frames would overflow; Go requires it of every handler. The leader's work moves to
+    // its own stack.
+    interpose::install_handler(signal, checkpoint::on_signal)
+        .map_err(|_| format!("cannot install the handler of signal {signal}"))?;
     // An exec wrapper of the program we replaced may have blocked it for the exec window.
     sys::sigmask_set(libc::SIG_UNBLOCK, 1u64 << (signal - 1));
     if let Some(ns) = interval {
@@ -119,32 +124,7 @@ fn try_init() -> Result<(), String> {
 
 /// A private stack of `len` bytes (its start), or None.
 fn map_stack(len: usize) -> Option<usize> {
-    // SAFETY: a fresh private anonymous mapping at a kernel-chosen address.
-    let p = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    (p != libc::MAP_FAILED).then_some(p as usize)
-}
-
-/// glibc's rseq registration (glibc >= 2.35 exports these); (0, 0) if none.
-fn glibc_rseq() -> (i64, u32) {
-    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; the symbols, when present,
-    // are a ptrdiff_t and an unsigned int.
-    unsafe {
-        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
-        if off.is_null() || size.is_null() {
-            return (0, 0);
-        }
-        (*(off as *const isize) as i64, *(size as *const u32))
-    }
+    sys::map_anonymous(len).ok()
 }
 
 /// Takes a checkpoint now and waits until its image is durable.
@@ -153,6 +133,7 @@ fn glibc_rseq() -> (i64, u32) {
 /// just been restarted from this checkpoint, and -1 when the checkpoint failed (the reason
 /// is in the log with `FORKPOINT_LOG=info`, and in the report file); the process is
 /// unaffected in every case.
+#[allow(unsafe_code)] // the exported C API (no_mangle)
 #[no_mangle]
 pub extern "C" fn forkpoint_checkpoint() -> i32 {
     let Some(rt) = RUNTIME.get() else { return -1 };

@@ -913,3 +913,17 @@ pub fn procmap_next(
         Err(e) => Err(e),
     }
 }
+
+/// `getauxval(type)` (0 when absent).
+pub fn getauxval(kind: u64) -> u64 {
+    // SAFETY: getauxval has no preconditions (it reads the auxiliary vector glibc saved).
+    unsafe { libc::getauxval(kind) }
+}
+
+/// A fresh private anonymous read-write mapping of `len` bytes at a kernel-chosen address,
+/// reserved lazily (MAP_NORESERVE): its start.
+pub fn map_anonymous(len: usize) -> SysResult {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // SAFETY: no MAP_FIXED: the kernel picks a free range, nothing existing is replaced.
+    unsafe { mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) }
+}

@@ -3,15 +3,25 @@
 //! [`restore`] becomes the checkpointed program (same PID), or gets an error having changed
 //! nothing it cannot undo (the staged memory and files opened for reading are discarded
 //! with the process).
+//!
+//! Unsafe code is denied here and allowed module by module below, each saying why; `plan`
+//! (and the image parsing it uses) has none.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)] // the restore blob: position-independent code the loader jumps to
 mod blob;
+#[allow(unsafe_code)] // descriptors created and moved with raw syscalls
 mod fds;
 pub mod plan;
+#[allow(unsafe_code)] // writes into the staged memory of the program
 mod stage;
+#[allow(unsafe_code)] // the raw syscalls
 mod sys;
+#[allow(unsafe_code)] // cpuid and the xsave feature probe
 pub mod verify;
 
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Instant;
 
@@ -103,8 +113,7 @@ pub fn restore(
         "decompressed {pages} pages ({} MiB) on {threads} threads",
         (pages * PAGE_SIZE) >> 20
     ));
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = sys::getpid();
     // The library unmaps what is left of the reservation (vdso scratch and blob) once it runs.
     let leftover = (
         layout.vdso_scratch,
@@ -124,29 +133,18 @@ pub fn restore(
     warnings.extend(advice_warnings);
     warnings.extend(file_warnings);
     warnings.extend(verify::credential_warnings(meta, creds.as_ref()));
-    // SAFETY: duplicating our own stderr for the blob's messages.
-    let err_fd = unsafe {
-        libc::fcntl(
-            2,
-            libc::F_DUPFD_CLOEXEC,
-            base + prepared.fds.len() as i32 + 1,
-        )
-    };
+    // Our own stderr, for the blob's messages.
+    let err_fd = sys::dup_above(2, base + prepared.fds.len() as i32 + 1);
 
     // Build the blob.
     let exe_fd = verify::may_set_exe()
         .then(|| {
-            let c = std::ffi::CString::new(meta.process.exe.as_str()).ok()?;
-            // SAFETY: NUL-terminated path; a descriptor for the blob's prctl.
-            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-            // SAFETY: moving it above the program's descriptors.
-            (fd >= 0).then(|| unsafe {
-                libc::fcntl(
-                    fd,
-                    libc::F_DUPFD_CLOEXEC,
-                    base + prepared.fds.len() as i32 + 2,
-                )
-            })
+            // A descriptor for the blob's prctl, above the program's descriptors.
+            let f = std::fs::File::open(&meta.process.exe).ok()?;
+            Some(sys::dup_above(
+                f.as_raw_fd(),
+                base + prepared.fds.len() as i32 + 2,
+            ))
         })
         .flatten()
         .filter(|&fd| fd >= 0);
@@ -189,17 +187,12 @@ pub fn restore(
             "internal error: the restore program does not fit its region".into(),
         ));
     }
-    let code = blob::code();
-    let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    // SAFETY: the blob region is the end of our reservation.
-    unsafe { sys::mmap_fixed(layout.blob_start, layout.blob_len, rw, anon, -1, 0) }
-        .map_err(|e| RestoreError(format!("cannot map the restore blob: {e}")))?;
-    // SAFETY: freshly mapped RW region of sufficient size (checked above).
-    unsafe {
-        sys::copy_to(layout.blob_start, code);
-        sys::copy_to(data_at, &data.bytes);
-    }
+    sys::place_blob(
+        layout.blob_start,
+        layout.blob_len,
+        &[(layout.blob_start, blob::code()), (data_at, &data.bytes)],
+    )
+    .map_err(|e| RestoreError(format!("cannot map the restore blob: {e}")))?;
     sys::mprotect(
         layout.blob_start,
         PAGE_SIZE,
@@ -221,31 +214,21 @@ pub fn restore(
     // Point of no return: descriptors, process attributes, signals, then the blob.
     let keep: Vec<i32> = [Some(err_fd), exe_fd].into_iter().flatten().collect();
     for w in fds::install(meta, &prepared, &keep)? {
-        let line = format!("forkpoint restart: warning: {w}\n");
-        // SAFETY: writing our own buffer to the loader's error descriptor.
-        unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
+        sys::write_line(err_fd, &format!("forkpoint restart: warning: {w}\n"));
     }
     for r in &meta.rlimits {
-        let lim = libc::rlimit {
-            rlim_cur: r.cur,
-            rlim_max: r.max,
-        };
-        // SAFETY: setrlimit with a valid struct; a failure (raising a hard limit without
-        // privilege) keeps ours and is said.
-        if unsafe { libc::setrlimit(r.resource as _, &lim) } != 0 {
-            let line = format!(
-                "forkpoint restart: warning: resource limit {} ({} / {}) not restored: {}\n",
-                r.resource,
-                r.cur,
-                r.max,
-                std::io::Error::last_os_error()
+        // A failure (raising a hard limit without privilege) keeps ours and is said.
+        if let Err(e) = sys::setrlimit(r.resource, r.cur, r.max) {
+            sys::write_line(
+                err_fd,
+                &format!(
+                    "forkpoint restart: warning: resource limit {} ({} / {}) not restored: {e}\n",
+                    r.resource, r.cur, r.max
+                ),
             );
-            // SAFETY: writing our own buffer to the loader's error descriptor.
-            unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
         }
     }
-    // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(meta.process.umask as libc::mode_t) };
+    sys::umask(meta.process.umask);
     if !meta.process.cwd.is_empty() {
         let _ = std::env::set_current_dir(&meta.process.cwd);
     }
@@ -257,9 +240,7 @@ pub fn restore(
     }
     sys::block_all_signals();
     for w in sys::restore_timers_and_attributes(meta) {
-        let line = format!("forkpoint restart: warning: {w}\n");
-        // SAFETY: writing our own buffer to the loader's error descriptor.
-        unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
+        sys::write_line(err_fd, &format!("forkpoint restart: warning: {w}\n"));
     }
     for s in &meta.signals {
         let _ = sys::set_kernel_sigaction(s.signo, s.handler, s.flags, s.restorer, s.mask);
@@ -269,12 +250,16 @@ pub fn restore(
     if matches!(mm_restore, verify::MmRestore::Loader(_))
         && sys::freeze_loader_brk(loader_mm[4]).is_err()
     {
-        let line = b"forkpoint restart: warning: cannot freeze the loader's brk: the program's \
-                     brk() calls may unmap its memory\n";
-        // SAFETY: writing a static buffer to the loader's error descriptor.
-        unsafe { libc::write(err_fd, line.as_ptr().cast(), line.len()) };
+        sys::write_line(
+            err_fd,
+            "forkpoint restart: warning: cannot freeze the loader's brk: the program's \
+             brk() calls may unmap its memory\n",
+        );
     }
     // SAFETY: code, program and stack are in the blob region, which the program never unmaps;
     // this thread is the only one (staging threads were joined).
-    unsafe { blob::jump(layout.blob_start, stack_top, program) }
+    #[allow(unsafe_code)]
+    unsafe {
+        blob::jump(layout.blob_start, stack_top, program)
+    }
 }

@@ -462,3 +462,62 @@ pub fn limit_capabilities(effective: u64, permitted: u64) {
     // SAFETY: as above; lowering capabilities is always allowed.
     unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) };
 }
+
+/// This process's PID.
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// A close-on-exec duplicate of `fd` at `min` or above; -1 on failure.
+pub fn dup_above(fd: i32, min: i32) -> i32 {
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor; `fd` is borrowed.
+    unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) }
+}
+
+/// Writes `line` to `fd`, best effort (the loader's messages after the point of no return).
+pub fn write_line(fd: i32, line: &str) {
+    // SAFETY: writing our own buffer.
+    let _ = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+}
+
+/// Sets resource limit `resource` to (`cur`, `max`).
+pub fn setrlimit(resource: u32, cur: u64, max: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(resource as _, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the file mode creation mask.
+pub fn umask(mask: u32) {
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+/// Maps `len` bytes read-write at `start` (the end of our reservation, replaced) and copies
+/// each `(address, bytes)` part into it.
+pub fn place_blob(start: u64, len: u64, parts: &[(u64, &[u8])]) -> io::Result<()> {
+    for &(at, bytes) in parts {
+        if at < start || at + bytes.len() as u64 > start + len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a part of the restore blob lies outside its region",
+            ));
+        }
+    }
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // SAFETY: the blob region is the end of our own reservation; nothing else lives there.
+    unsafe { mmap_fixed(start, len, rw, anon, -1, 0) }?;
+    for &(at, bytes) in parts {
+        // SAFETY: inside the region just mapped read-write (checked above).
+        unsafe { copy_to(at, bytes) };
+    }
+    Ok(())
+}
