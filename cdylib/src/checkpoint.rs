@@ -9,6 +9,8 @@
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use forkpoint_image::maps;
+
 use crate::config::LogLevel;
 use crate::fixbuf::FixBuf;
 use crate::fork::{self, fork_with_resume_point, save_resume_point, Forked};
@@ -911,20 +913,13 @@ fn copy_shared_memory(cap: &mut Capture) {
             &mut cap.n_shared_copies,
         );
         for line in text.split(|&c| c == b'\n') {
-            let Some(MapsLine {
-                start,
-                end,
-                perms,
-                inode,
-                name,
-            }) = split_maps_line(line)
-            else {
+            let Some(l) = maps::parse_line(line) else {
                 continue;
             };
-            if perms.len() < 4 || perms[3] != b's' || perms[1] != b'w' || perms[0] != b'r' {
+            if !(l.shared() && l.write() && l.read()) {
                 continue;
             }
-            copy_if_shared_anon(copies, n, (start, end), inode, name, &mut budget);
+            copy_if_shared_anon(copies, n, (l.start, l.end), l.inode, l.name, &mut budget);
         }
     }
     sys::close(fd);
@@ -977,46 +972,6 @@ fn drop_shared_copies(cap: &mut Capture) {
         let _ = unsafe { sys::munmap(copy as usize, len as usize) };
     }
     cap.n_shared_copies = 0;
-}
-
-/// One line of /proc/self/maps, borrowed.
-struct MapsLine<'a> {
-    start: u64,
-    end: u64,
-    perms: &'a [u8],
-    inode: u64,
-    name: &'a [u8],
-}
-
-/// `start-end perms offset dev inode name` without allocating.
-fn split_maps_line(line: &[u8]) -> Option<MapsLine<'_>> {
-    let mut fields = line.splitn(6, |&c| c == b' ');
-    let range = fields.next()?;
-    let perms = fields.next()?;
-    let _offset = fields.next()?;
-    let _dev = fields.next()?;
-    let inode = fields.next()?;
-    let name = fields.next().unwrap_or(b"");
-    let name = &name[name.iter().position(|&c| c != b' ').unwrap_or(name.len())..];
-    let dash = range.iter().position(|&c| c == b'-')?;
-    let hex = |b: &[u8]| -> Option<u64> {
-        let mut v = 0u64;
-        for &c in b {
-            v = v.checked_mul(16)? + (c as char).to_digit(16)? as u64;
-        }
-        Some(v)
-    };
-    let mut ino = 0u64;
-    for &c in inode {
-        ino = ino.checked_mul(10)? + (c as char).to_digit(10)? as u64;
-    }
-    Some(MapsLine {
-        start: hex(&range[..dash])?,
-        end: hex(&range[dash + 1..])?,
-        perms,
-        inode: ino,
-        name,
-    })
 }
 
 /// Ranges the application keeps out of forks (MADV_DONTFORK) or wiped in them
@@ -1173,25 +1128,6 @@ fn parse_number(name: &[u8]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn maps_lines_without_allocating() {
-        let l = split_maps_line(
-            b"7f00-7f10 rw-s 00000000 00:01 1234                       /SYSV00000000 (deleted)",
-        )
-        .unwrap();
-        assert_eq!(
-            (l.start, l.end, l.perms, l.inode, l.name),
-            (
-                0x7f00,
-                0x7f10,
-                &b"rw-s"[..],
-                1234,
-                &b"/SYSV00000000 (deleted)"[..]
-            )
-        );
-        assert!(split_maps_line(b"").is_none());
-    }
 
     #[test]
     fn dirent_names() {

@@ -27,30 +27,19 @@ impl MapsEntry {
 
 /// Parses `start-end perms offset major:minor inode   name`.
 pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
-    let mut it = line.splitn(6, ' ');
-    let range = it.next()?;
-    let perms = it.next()?.as_bytes();
-    let offset = it.next()?;
-    let dev = it.next()?;
-    let inode = it.next()?;
-    let name = it.next().unwrap_or("").trim_start().to_string();
-    let (s, e) = range.split_once('-')?;
-    let (maj, min) = dev.split_once(':')?;
-    if perms.len() < 4 {
-        return None;
-    }
+    let l = forkpoint_image::maps::parse_line(line.as_bytes())?;
     Some(MapsEntry {
-        start: u64::from_str_radix(s, 16).ok()?,
-        end: u64::from_str_radix(e, 16).ok()?,
-        read: perms[0] == b'r',
-        write: perms[1] == b'w',
-        exec: perms[2] == b'x',
-        shared: perms[3] == b's',
-        offset: u64::from_str_radix(offset, 16).ok()?,
-        dev_major: u32::from_str_radix(maj, 16).ok()?,
-        dev_minor: u32::from_str_radix(min, 16).ok()?,
-        inode: inode.parse().ok()?,
-        name,
+        start: l.start,
+        end: l.end,
+        read: l.read(),
+        write: l.write(),
+        exec: l.exec(),
+        shared: l.shared(),
+        offset: l.offset,
+        dev_major: l.dev_major,
+        dev_minor: l.dev_minor,
+        inode: l.inode,
+        name: String::from_utf8_lossy(l.name).into_owned(),
     })
 }
 

@@ -18,8 +18,10 @@
 //!
 //! [`build`] makes whole images in memory for tests: [`ImageBuilder`], [`write_image`],
 //! and [`rewrite_metadata`] / [`rewrite_header`] to damage an existing image on purpose.
+#![forbid(unsafe_code)]
 
 pub mod build;
+pub mod maps;
 pub mod read;
 pub mod types;
 pub mod validate;

@@ -34,13 +34,11 @@ pub struct Area {
 pub fn parse_maps(text: &str) -> Vec<Area> {
     text.lines()
         .filter_map(|l| {
-            let range = l.split(' ').next()?;
-            let (s, e) = range.split_once('-')?;
-            let name = l.splitn(6, ' ').nth(5).unwrap_or("").trim().to_string();
+            let l = forkpoint_image::maps::parse_line(l.as_bytes())?;
             Some(Area {
-                start: u64::from_str_radix(s, 16).ok()?,
-                end: u64::from_str_radix(e, 16).ok()?,
-                name,
+                start: l.start,
+                end: l.end,
+                name: String::from_utf8_lossy(l.name).trim_end().to_string(),
             })
         })
         .collect()
