@@ -7,10 +7,11 @@
 //! `/proc/self/fdinfo` below are pure and unit-tested.
 
 use forkpoint_image::{
-    EpollEntry, FdEntry, FdKind, FdRestore, FileId, FileLock, PipeInfo, SockOpt, SocketInfo,
+    EpollEntry, FdEntry, FdKind, FdRestore, FileLock, PipeInfo, SockOpt, SocketInfo,
 };
 
 use crate::fixbuf::FixBuf;
+use crate::procfs;
 use crate::sys;
 use crate::writer::read_proc_string;
 
@@ -216,7 +217,7 @@ pub fn describe(
             {
                 (
                     FdKind::Regular {
-                        file: file_id(&path, &st),
+                        file: procfs::file_id(&path, &st),
                     },
                     FdRestore::Reopen,
                 )
@@ -302,17 +303,6 @@ pub fn describe(
         kind,
         restore,
     })
-}
-
-fn file_id(path: &str, st: &libc::stat) -> FileId {
-    FileId {
-        path: path.to_string(),
-        dev: st.st_dev,
-        inode: st.st_ino,
-        size: st.st_size as u64,
-        mtime_sec: st.st_mtime,
-        mtime_nsec: st.st_mtime_nsec,
-    }
 }
 
 fn file_blob(

@@ -1,7 +1,7 @@
 //! Parsers for `/proc/self` files and the policy deciding how each mapping is saved.
 //! Pure functions over text, unit-tested without a live process.
 
-use forkpoint_image::{Contents, MappingKind};
+use forkpoint_image::{Contents, FileId, MappingKind};
 
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,19 @@ pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         inode: l.inode,
         name: String::from_utf8_lossy(l.name).into_owned(),
     })
+}
+
+/// How the image names a file: its path and what identifies this version of it (the
+/// restart refuses a file that differs).
+pub fn file_id(path: &str, st: &libc::stat) -> FileId {
+    FileId {
+        path: path.to_string(),
+        dev: st.st_dev,
+        inode: st.st_ino,
+        size: st.st_size as u64,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec,
+    }
 }
 
 pub fn parse_maps(text: &str) -> Vec<MapsEntry> {

@@ -7,8 +7,8 @@
 //! anything that takes a lock; returning into the parent's stack frames.
 
 use forkpoint_image::{
-    self as image, AltStack, Contents, CpuInfo, DataBlob, FileId, Footer, Header, Mapping,
-    MappingKind, Metadata, MmFields, ProcessInfo, Rlimit, Rseq, SigAction, ThreadState, PAGE_SIZE,
+    self as image, AltStack, Contents, CpuInfo, DataBlob, Footer, Header, Mapping, MappingKind,
+    Metadata, MmFields, ProcessInfo, Rlimit, Rseq, SigAction, ThreadState, PAGE_SIZE,
 };
 
 use crate::compress::Chunker;
@@ -213,17 +213,6 @@ fn cpath(s: &str) -> Vec<u8> {
     v
 }
 
-fn file_id(path: &str, st: &libc::stat) -> FileId {
-    FileId {
-        path: path.to_string(),
-        dev: st.st_dev,
-        inode: st.st_ino,
-        size: st.st_size as u64,
-        mtime_sec: st.st_mtime,
-        mtime_nsec: st.st_mtime_nsec,
-    }
-}
-
 fn is_zero_page(p: &[u8]) -> bool {
     let (pre, words, post) = {
         // SAFETY: u64 has no invalid bit patterns; align_to splits correctly.
@@ -418,7 +407,7 @@ fn write_body(
             Plan::Save(kind, contents) => (kind, contents, false, false),
             Plan::File { path, shared } => match sys::stat(&cpath(&path)) {
                 Ok(st) if st.st_ino == e.inode && (st.st_mode & libc::S_IFMT) == libc::S_IFREG => {
-                    let id = file_id(&path, &st);
+                    let id = procfs::file_id(&path, &st);
                     if shared {
                         (
                             MappingKind::SharedFile { file: id },
