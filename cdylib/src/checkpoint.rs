@@ -522,7 +522,7 @@ fn stuck_thread_message(tid: i32, rt: &Runtime) -> Line {
     if let Ok(fd) = sys::open(p.as_cstr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) {
         let n = sys::read_full(fd, &mut buf).unwrap_or(0);
         sys::close(fd);
-        msg.str(" (").push(trim_newline(&buf[..n])).str(")");
+        msg.str(" (").push(procfs::trim_newline(&buf[..n])).str(")");
     }
     msg.str(" did not stop within ")
         .u64(rt.config.quiesce_timeout_ns / 1_000_000)
@@ -533,7 +533,8 @@ fn stuck_thread_message(tid: i32, rt: &Runtime) -> Line {
         let n = sys::read_full(fd, &mut buf).unwrap_or(0);
         sys::close(fd);
         if n > 0 && buf[0] != b'0' {
-            msg.str("; blocked in ").push(trim_newline(&buf[..n]));
+            msg.str("; blocked in ")
+                .push(procfs::trim_newline(&buf[..n]));
         }
     }
     p.clear();
@@ -543,7 +544,7 @@ fn stuck_thread_message(tid: i32, rt: &Runtime) -> Line {
         sys::close(fd);
         let first = buf[..n].split(|&c| c == b' ').next().unwrap_or(b"");
         if !first.is_empty() {
-            msg.str(", syscall ").push(trim_newline(first));
+            msg.str(", syscall ").push(procfs::trim_newline(first));
         }
     }
     msg.str(" (does it block signal ")
@@ -622,49 +623,6 @@ fn request_pending(pid: i32, id: u64) -> bool {
     let mut req = FixBuf::<4096>::new();
     report::runtime_file(&mut req, pid, "request", id);
     sys::stat(req.as_cstr()).is_ok_and(|st| st.st_uid == sys::getuid())
-}
-
-/// Called by the writer, not in the pause: reading and removing the request file costs
-/// file-system calls the application need not wait for.
-pub(crate) fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
-    cap.out_path.clear();
-    if id != 0 {
-        // `forkpoint checkpoint --output` leaves the path in request.<id>.
-        let mut req = FixBuf::<4096>::new();
-        report::runtime_file(&mut req, pid, "request", id);
-        let mut path = [0u8; 4096];
-        if let Ok(fd) = sys::open(
-            req.as_cstr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            0,
-        ) {
-            let n = sys::read_full(fd, &mut path).unwrap_or(0);
-            sys::close(fd);
-            let _ = sys::unlink(req.as_cstr());
-            let p = trim_newline(&path[..n]);
-            if !p.is_empty() {
-                cap.out_path.push(p);
-                return;
-            }
-        }
-    }
-    cap.out_path
-        .str(&rt.config.dir)
-        .str("/")
-        .str(&rt.prog)
-        .str(".")
-        .i64(pid as i64)
-        .str(".")
-        .u64(cap.seq)
-        .str(".fpk");
-}
-
-fn trim_newline(b: &[u8]) -> &[u8] {
-    let mut end = b.len();
-    while end > 0 && (b[end - 1] == b'\n' || b[end - 1] == 0) {
-        end -= 1;
-    }
-    &b[..end]
 }
 
 /// Saves what only this thread can read (the writer child gets none of it from the kernel).
@@ -1134,6 +1092,6 @@ mod tests {
         assert_eq!(parse_number(b"12\0\0"), Some(12));
         assert_eq!(parse_number(b".\0"), None);
         assert_eq!(parse_number(b"\0"), None);
-        assert_eq!(trim_newline(b"/a/b\n\0"), b"/a/b");
+        assert_eq!(procfs::trim_newline(b"/a/b\n\0"), b"/a/b");
     }
 }

@@ -201,7 +201,7 @@ impl Chunker {
             0 => Ok(()),
             e => Err(format!(
                 "cannot write the image: errno {e} ({})",
-                crate::writer::errno_text(e)
+                crate::sys::errno_text(e)
             )),
         }
     }

@@ -13,7 +13,6 @@ use forkpoint_image::{
 use crate::fixbuf::FixBuf;
 use crate::procfs;
 use crate::sys;
-use crate::writer::read_proc_string;
 
 /// Largest deleted file or memfd whose contents are saved.
 const MAX_FILE_BLOB: u64 = 256 << 20;
@@ -93,7 +92,7 @@ pub fn parse_epoll(info: &str) -> Vec<EpollEntry> {
 fn fdinfo(fd: i32) -> String {
     let mut p = FixBuf::<64>::new();
     p.str("/proc/self/fdinfo/").i64(fd as i64);
-    read_proc_string(p.as_cstr())
+    procfs::read_proc_string(p.as_cstr())
 }
 
 /// Reads all of a regular file through `fd` without moving its offset.
@@ -564,7 +563,7 @@ fn describe_anon(fd: i32, path: &str) -> (FdKind, FdRestore) {
 /// The file locks this process holds (POSIX locks by its pid; flock and OFD locks by
 /// whether one of its open file descriptions holds them).
 pub fn locks_held(pid: i32, fds: &[(i32, i64)]) -> Vec<FileLock> {
-    let text = read_proc_string(b"/proc/locks\0");
+    let text = procfs::read_proc_string(b"/proc/locks\0");
     let mut out = Vec::new();
     for l in crate::procfs::parse_locks(&text) {
         let matching = fds.iter().map(|&(fd, _)| fd).filter(|&fd| {

@@ -3,6 +3,8 @@
 
 use forkpoint_image::{Contents, FileId, MappingKind};
 
+use crate::sys;
+
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapsEntry {
@@ -394,6 +396,52 @@ pub fn parse_timers(text: &str) -> Vec<(i32, i32, u64, String, i32)> {
     }
     out.extend(cur);
     out
+}
+
+fn proc_err(what: &str, path: &[u8], e: i32) -> String {
+    let path = path.strip_suffix(b"\0").unwrap_or(path);
+    format!(
+        "{what} {}: {} (errno {e})",
+        String::from_utf8_lossy(path),
+        sys::errno_text(e)
+    )
+}
+
+/// A /proc file's bytes (they have no size to read up front).
+pub fn read_proc(path: &[u8]) -> Result<Vec<u8>, String> {
+    let fd = sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| proc_err("cannot open", path, e))?;
+    let mut v = Vec::with_capacity(64 << 10);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match sys::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => v.extend_from_slice(&buf[..n]),
+            Err(libc::EINTR) => {}
+            Err(e) => {
+                sys::close(fd);
+                return Err(proc_err("cannot read", path, e));
+            }
+        }
+    }
+    sys::close(fd);
+    Ok(v)
+}
+
+/// A /proc file as text; empty if it cannot be read.
+pub fn read_proc_string(path: &[u8]) -> String {
+    read_proc(path)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
+}
+
+/// `b` without trailing newlines and NULs (a /proc value, a request file's path).
+pub fn trim_newline(b: &[u8]) -> &[u8] {
+    let mut end = b.len();
+    while end > 0 && (b[end - 1] == b'\n' || b[end - 1] == 0) {
+        end -= 1;
+    }
+    &b[..end]
 }
 
 #[cfg(test)]

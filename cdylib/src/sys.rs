@@ -927,3 +927,20 @@ pub fn map_anonymous(len: usize) -> SysResult {
     // SAFETY: no MAP_FIXED: the kernel picks a free range, nothing existing is replaced.
     unsafe { mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) }
 }
+
+/// A short text for an errno the checkpoint reports (no allocation).
+pub fn errno_text(e: i32) -> &'static str {
+    match e {
+        libc::ENOENT => "no such file or directory",
+        libc::EACCES => "permission denied",
+        libc::ENOSPC => "no space left on device",
+        libc::EDQUOT => "disk quota exceeded",
+        libc::EROFS => "read-only file system",
+        libc::EEXIST => "file exists",
+        libc::ENOTDIR => "not a directory",
+        libc::EIO => "input/output error",
+        libc::ELOOP => "too many symbolic links (refusing to follow one)",
+        libc::EFBIG => "file too large",
+        _ => "system error",
+    }
+}

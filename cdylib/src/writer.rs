@@ -17,7 +17,9 @@ use crate::fds::{self, FdContext, PipeCopy};
 use crate::fixbuf::FixBuf;
 use crate::procfs::{self, Plan};
 use crate::report;
-use crate::state::{Capture, ThreadCapture, CAPTURE, MAX_THREADS, RESTORE_INFO, RUNTIME, THREADS};
+use crate::state::{
+    Capture, Runtime, ThreadCapture, CAPTURE, MAX_THREADS, RESTORE_INFO, RUNTIME, THREADS,
+};
 use crate::sys;
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -41,7 +43,7 @@ pub extern "C" fn writer_main() -> ! {
         // only mutable borrow, ended before the shared one below.
         let cap = unsafe { &mut *CAPTURE.get() };
         let (pid, id) = (cap.pid, cap.request_id);
-        crate::checkpoint::choose_output_path(cap, rt, pid, id);
+        choose_output_path(cap, rt, pid, id);
     }
     // SAFETY: the child has one thread and the parent no longer writes this copy.
     let cap: &Capture = unsafe { &*CAPTURE.get() };
@@ -110,7 +112,7 @@ pub extern "C" fn writer_main() -> ! {
 fn parent_minor_faults(pid: i32) -> Option<u64> {
     let mut p = FixBuf::<64>::new();
     p.str("/proc/").i64(pid as i64).str("/stat");
-    let stat = read_proc_string(p.as_cstr());
+    let stat = procfs::read_proc_string(p.as_cstr());
     procfs::stat_fields(&stat)?.get(10).copied()
 }
 
@@ -124,27 +126,46 @@ struct Done {
     t_chunks: u64,
 }
 
-pub fn errno_text(e: i32) -> &'static str {
-    match e {
-        libc::ENOENT => "no such file or directory",
-        libc::EACCES => "permission denied",
-        libc::ENOSPC => "no space left on device",
-        libc::EDQUOT => "disk quota exceeded",
-        libc::EROFS => "read-only file system",
-        libc::EEXIST => "file exists",
-        libc::ENOTDIR => "not a directory",
-        libc::EIO => "input/output error",
-        libc::ELOOP => "too many symbolic links (refusing to follow one)",
-        libc::EFBIG => "file too large",
-        _ => "system error",
+/// Called by the writer, not in the pause: reading and removing the request file costs
+/// file-system calls the application need not wait for.
+fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
+    cap.out_path.clear();
+    if id != 0 {
+        // `forkpoint checkpoint --output` leaves the path in request.<id>.
+        let mut req = FixBuf::<4096>::new();
+        report::runtime_file(&mut req, pid, "request", id);
+        let mut path = [0u8; 4096];
+        if let Ok(fd) = sys::open(
+            req.as_cstr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0,
+        ) {
+            let n = sys::read_full(fd, &mut path).unwrap_or(0);
+            sys::close(fd);
+            let _ = sys::unlink(req.as_cstr());
+            let p = procfs::trim_newline(&path[..n]);
+            if !p.is_empty() {
+                cap.out_path.push(p);
+                return;
+            }
+        }
     }
+    cap.out_path
+        .str(&rt.config.dir)
+        .str("/")
+        .str(&rt.prog)
+        .str(".")
+        .i64(pid as i64)
+        .str(".")
+        .u64(cap.seq)
+        .str(".fpk");
 }
 
 fn os_err(what: &str, path: &[u8], e: i32) -> String {
     format!(
         "{what} {}: {} (errno {e})",
         String::from_utf8_lossy(path),
-        errno_text(e)
+        sys::errno_text(e)
     )
 }
 
@@ -170,33 +191,6 @@ impl Out {
         }
         Ok(())
     }
-}
-
-fn read_proc(path: &[u8]) -> Result<Vec<u8>, String> {
-    let fd = sys::open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
-        .map_err(|e| os_err("cannot open", path, e))?;
-    let mut v = Vec::with_capacity(64 << 10);
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        match sys::read(fd, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => v.extend_from_slice(&buf[..n]),
-            Err(libc::EINTR) => {}
-            Err(e) => {
-                sys::close(fd);
-                return Err(os_err("cannot read", path, e));
-            }
-        }
-    }
-    sys::close(fd);
-    Ok(v)
-}
-
-/// A /proc file as text; empty if it cannot be read.
-pub(crate) fn read_proc_string(path: &[u8]) -> String {
-    read_proc(path)
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default()
 }
 
 fn readlink_string(path: &[u8]) -> String {
@@ -354,7 +348,7 @@ fn write_body(
     let mut meta = Metadata::default();
     // Before the memory walk: it drops pages (the main stack holds argv and environ).
     describe_process(cap, &mut meta, out)?;
-    let maps_text = read_proc_string(b"/proc/self/maps\0");
+    let maps_text = procfs::read_proc_string(b"/proc/self/maps\0");
     let (arena_lo, arena_hi) = crate::arena::arena_range();
     let (stack_lo, stack_hi) = rt.child_stack;
     let entries = procfs::parse_maps(&maps_text);
@@ -614,7 +608,7 @@ fn write_body(
 
 /// Everything but memory: process, thread, descriptors, signals, limits, CPU.
 fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result<(), String> {
-    let status = read_proc_string(b"/proc/self/status\0");
+    let status = procfs::read_proc_string(b"/proc/self/status\0");
     let ids = |key: &str| -> (u32, u32) {
         let f: Vec<u32> = procfs::status_field(&status, key)
             .unwrap_or("")
@@ -637,7 +631,7 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
             .collect();
         String::from_utf8_lossy(&b).into_owned()
     };
-    let cmdline = read_proc(b"/proc/self/cmdline\0").unwrap_or_default();
+    let cmdline = procfs::read_proc(b"/proc/self/cmdline\0").unwrap_or_default();
     meta.process = ProcessInfo {
         exe: readlink_string(b"/proc/self/exe\0"),
         cmdline: cmdline
@@ -677,12 +671,12 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
         thread_table_len: MAX_THREADS as u32,
     };
 
-    let stat = read_proc_string(b"/proc/self/stat\0");
+    let stat = procfs::read_proc_string(b"/proc/self/stat\0");
     let f = procfs::stat_fields(&stat).unwrap_or_default();
     let g = |i: usize| f.get(i).copied().unwrap_or(0);
     // SAFETY: brk(0) only queries the current break.
     let brk = unsafe { sys::syscall6(libc::SYS_brk, 0, 0, 0, 0, 0, 0) } as u64;
-    let auxv = read_proc(b"/proc/self/auxv\0").unwrap_or_default();
+    let auxv = procfs::read_proc(b"/proc/self/auxv\0").unwrap_or_default();
     meta.mm = MmFields {
         start_code: g(26),
         end_code: g(27),
@@ -797,13 +791,13 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
     // locked memory at all.
     let mut status = FixBuf::<64>::new();
     status.str("/proc/").i64(cap.pid as i64).str("/status");
-    let status_text = read_proc_string(status.as_cstr());
+    let status_text = procfs::read_proc_string(status.as_cstr());
     let locked = procfs::status_field(&status_text, "VmLck")
         .is_none_or(|v| v.split_whitespace().next() != Some("0"));
     let smaps_text = if locked {
         let mut smaps = FixBuf::<64>::new();
         smaps.str("/proc/").i64(cap.pid as i64).str("/smaps");
-        read_proc_string(smaps.as_cstr())
+        procfs::read_proc_string(smaps.as_cstr())
     } else {
         String::new()
     };
