@@ -16,9 +16,9 @@ use crate::fixbuf::FixBuf;
 use crate::fork::{self, fork_with_resume_point, save_resume_point, Forked};
 use crate::report::{self, Line};
 use crate::state::{
-    Capture, Runtime, ThreadCapture, Trigger, API_FAILED, API_PENDING, API_RESTORED, CAPTURE,
-    CHECKPOINT_BUSY, GENERATION, LAST_WRITER, MAX_FDS, MAX_THREADS, QUIESCE, RESTORE_INFO, RUNTIME,
-    SEQ, THREADS, TIMER_ID, WRITER_PID,
+    Capture, Leader, Runtime, ThreadCapture, Trigger, API_FAILED, API_PENDING, API_RESTORED,
+    CAPTURE, GENERATION, LAST_WRITER, MAX_FDS, MAX_THREADS, QUIESCE, RESTORE_INFO, RUNTIME, SEQ,
+    THREADS, TIMER_ID, WRITER_PID,
 };
 use crate::{procfs, sys, writer};
 
@@ -93,6 +93,7 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
 
 /// What [`lead`] passes to the leader on its own stack.
 struct LeadArgs {
+    leader: core::cell::Cell<Option<Leader>>,
     trigger: Trigger,
     id: u64,
     uctx: *mut c_void,
@@ -102,23 +103,27 @@ struct LeadArgs {
 /// stack (SA_ONSTACK) of a few KiB. One leader at a time (CHECKPOINT_BUSY), so one stack.
 fn lead(trigger: Trigger, id: u64, uctx: *mut c_void) {
     let Some(rt) = RUNTIME.get() else { return };
-    if CHECKPOINT_BUSY
-        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
+    let Some(leader) = Leader::acquire() else {
         // Another thread is taking a checkpoint right now: a request waits its turn.
         if trigger == Trigger::Request {
             queue_request(id);
         }
         return;
-    }
+    };
     extern "C" fn on_leader_stack(arg: u64) {
         // SAFETY: `arg` is the LeadArgs below, alive until call_on_stack returns.
         let a = unsafe { &*(arg as *const LeadArgs) };
-        checkpoint(a.trigger, a.id, a.uctx);
+        if let Some(leader) = a.leader.take() {
+            checkpoint(leader, a.trigger, a.id, a.uctx);
+        }
     }
-    let args = LeadArgs { trigger, id, uctx };
-    // SAFETY: CHECKPOINT_BUSY is held, so no other thread is on the leader stack;
+    let args = LeadArgs {
+        leader: core::cell::Cell::new(Some(leader)),
+        trigger,
+        id,
+        uctx,
+    };
+    // SAFETY: this thread is the Leader, so no other thread is on the leader stack;
     // a panic cannot unwind out of on_leader_stack (extern "C": it aborts).
     unsafe {
         fork::call_on_stack(
@@ -258,18 +263,18 @@ fn fail(report_path: &[u8], trigger: Trigger, msg: &[u8]) {
 
 /// Ends the checkpoint path. Requests queued meanwhile go out when the writer is reaped;
 /// with no writer running (this checkpoint failed before forking), now.
-fn finish_checkpoint() {
-    CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+fn finish_checkpoint(leader: Leader) {
+    leader.release();
     if WRITER_PID.load(Ordering::SeqCst) == 0 {
         resend_queued();
     }
 }
 
-/// The leader's part, with CHECKPOINT_BUSY held ([`lead`]); releases it.
-fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
+/// The leader's part ([`lead`]); releases the leadership.
+fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *mut c_void) {
     let t0 = sys::monotonic_ns();
     let Some(rt) = RUNTIME.get() else {
-        finish_checkpoint();
+        finish_checkpoint(leader);
         return;
     };
     let pid = sys::getpid();
@@ -283,7 +288,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         let mut l = Line::new();
         l.str("ignoring withdrawn checkpoint request ").u64(id);
         report::log(LogLevel::Info, l.as_bytes());
-        finish_checkpoint();
+        finish_checkpoint(leader);
         return;
     }
     let busy = WRITER_PID.load(Ordering::SeqCst);
@@ -296,7 +301,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
                 .u64(id)
                 .str(" queued behind the checkpoint being written");
             report::log(LogLevel::Debug, l.as_bytes());
-            finish_checkpoint();
+            finish_checkpoint(leader);
             return;
         }
         let mut msg = Line::new();
@@ -304,26 +309,24 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
             .i64(busy as i64)
             .str(")");
         fail(report_path.as_bytes(), trigger, msg.as_bytes());
-        finish_checkpoint();
+        finish_checkpoint(leader);
         return;
     }
 
     let t_quiesce = sys::monotonic_ns();
-    let n_threads = match stop_other_threads(rt, pid, me) {
+    let n_threads = match stop_other_threads(&mut leader, rt, pid, me) {
         Ok(n) => n,
         Err(msg) => {
             release_threads();
             fail(report_path.as_bytes(), trigger, msg.as_bytes());
-            finish_checkpoint();
+            finish_checkpoint(leader);
             return;
         }
     };
     let t_capture = sys::monotonic_ns();
 
-    // SAFETY: CHECKPOINT_BUSY is held: nobody else touches CAPTURE until we release it.
-    let cap = unsafe { &mut *CAPTURE.get() };
-    // SAFETY: slot 0 is the leader's; the others are only read from here on.
-    let slots = unsafe { &mut *THREADS.get() };
+    // Slot 0 is the leader's; the others are only read from here on.
+    let (cap, slots) = leader.state();
     cap.trigger = trigger;
     cap.request_id = id;
     cap.pid = pid;
@@ -346,7 +349,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         release_threads();
         close_pipe_copies(cap);
         fail(report_path.as_bytes(), trigger, msg.as_bytes());
-        finish_checkpoint();
+        finish_checkpoint(leader);
         return;
     }
     copy_shared_memory(cap);
@@ -392,7 +395,7 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
         Forked::Restored => {
             raise_pending(slots[0].pending & !cap.shared_pending, false);
             raise_pending(cap.shared_pending, true);
-            after_restore(trigger);
+            after_restore(cap, trigger);
             release_threads();
         }
         Forked::Failed(errno) => {
@@ -406,16 +409,16 @@ fn checkpoint(trigger: Trigger, id: u64, uctx: *mut c_void) {
             fail(report_path.as_bytes(), trigger, msg.as_bytes());
         }
     }
-    finish_checkpoint();
+    finish_checkpoint(leader);
 }
 
 /// Sends the stop signal to every other thread (rescanning until no new thread appears) and
 /// waits until each has saved its state. Returns the number of threads, leader included.
 // The error is a fixed buffer on purpose: nothing here may allocate.
 #[allow(clippy::result_large_err)]
-fn stop_other_threads(rt: &Runtime, pid: i32, me: i32) -> Result<usize, Line> {
-    // SAFETY: CHECKPOINT_BUSY is held; the stopped threads only write their own slots.
-    let slots = unsafe { &mut *THREADS.get() };
+fn stop_other_threads(leader: &mut Leader, rt: &Runtime, pid: i32, me: i32) -> Result<usize, Line> {
+    // The stopped threads only write their own slots.
+    let (_, slots) = leader.state();
     QUIESCE.epoch.fetch_add(1, Ordering::SeqCst);
     QUIESCE.arrived.store(0, Ordering::SeqCst);
     QUIESCE.resumed.store(0, Ordering::SeqCst);
@@ -555,19 +558,15 @@ fn stuck_thread_message(tid: i32, rt: &Runtime) -> Line {
 
 /// Runs first in a restored process: the memory is the writer's snapshot, so undo what the
 /// writer changed, learn what the loader told us, and re-arm what the kernel did not keep.
-fn after_restore(trigger: Trigger) {
+fn after_restore(cap: &mut Capture, trigger: Trigger) {
     crate::arena::leave_writer_mode();
-    // SAFETY: CHECKPOINT_BUSY is held by this thread. The pipe and memory copies were the
-    // writer's: those numbers and addresses may be the program's now.
-    unsafe {
-        (*CAPTURE.get()).n_pipe_copies = 0;
-        (*CAPTURE.get()).n_shared_copies = 0;
-    }
+    // The pipe and memory copies were the writer's: those numbers and addresses may be the
+    // program's now.
+    cap.n_pipe_copies = 0;
+    cap.n_shared_copies = 0;
     WRITER_PID.store(0, Ordering::SeqCst);
     // SAFETY: the loader wrote RESTORE_INFO before the process resumed; nothing else writes it.
     let info = unsafe { core::ptr::read_volatile(RESTORE_INFO.get()) };
-    // SAFETY: CHECKPOINT_BUSY is held by this thread.
-    let cap = unsafe { &*CAPTURE.get() };
     SEQ.store(cap.seq, Ordering::SeqCst);
     let from_loader = info.0[0] == forkpoint_image::restore_info::MAGIC;
     let generation = if from_loader {

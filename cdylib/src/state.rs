@@ -4,7 +4,7 @@
 //! writer child reads a copy-on-write snapshot of [`CAPTURE`] taken at the fork.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use forkpoint_image::ResumeRegs;
@@ -223,8 +223,37 @@ pub static QUIESCE: Quiesce = Quiesce {
     release: AtomicU32::new(0),
 };
 
-/// Set while a thread is inside the checkpoint path.
+/// Set while a thread is inside the checkpoint path (held by a [`Leader`]).
 pub static CHECKPOINT_BUSY: AtomicBool = AtomicBool::new(false);
+
+/// Proof that this thread leads the checkpoint (it holds [`CHECKPOINT_BUSY`]): the way to the
+/// capture state in the application process. One exists at a time; [`Leader::release`]
+/// gives it back. (The writer child reads its own copy of the state; stopped threads write
+/// only their own slot.)
+pub struct Leader {
+    _held: (),
+}
+
+impl Leader {
+    /// Takes the checkpoint path, or None if another thread is on it.
+    pub fn acquire() -> Option<Leader> {
+        CHECKPOINT_BUSY
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| Leader { _held: () })
+    }
+
+    /// The capture state and the threads' slots (slot 0 is the leader's).
+    pub fn state(&mut self) -> (&mut Capture, &mut [ThreadCapture; MAX_THREADS]) {
+        // SAFETY: CHECKPOINT_BUSY is held by this Leader, the only one; the borrows live as
+        // long as `&mut self`, so no second pair exists.
+        unsafe { (&mut *CAPTURE.get(), &mut *THREADS.get()) }
+    }
+
+    pub fn release(self) {
+        CHECKPOINT_BUSY.store(false, Ordering::SeqCst);
+    }
+}
 /// The writer child being waited for, 0 if none.
 pub static WRITER_PID: AtomicI32 = AtomicI32::new(0);
 /// wait status of the last writer reaped by the handler, and its pid.
