@@ -14,7 +14,9 @@
 
 #[allow(unsafe_code)] // the writer's bump allocator over its own mapping
 mod arena;
-#[allow(unsafe_code)] // the capture state shared with the signal handler, the handler's raw frames
+#[allow(unsafe_code)] // the signal frame's registers, copies of shared memory and pipes
+mod capture;
+#[allow(unsafe_code)] // the leader's stack switch, the fork, the writer's report path
 mod checkpoint;
 #[allow(unsafe_code)] // zstd's C API over the arena
 mod compress;
@@ -26,13 +28,18 @@ mod fork;
 #[allow(unsafe_code)] // the libc functions the program calls, replaced (no_mangle)
 mod interpose;
 pub mod procfs;
+#[allow(unsafe_code)] // the slots the stopped threads write, their raw signal frames
+mod quiesce;
 mod report;
+#[allow(unsafe_code)] // the restore-info block the loader wrote, the loader's leftover mapping
+mod restored;
 #[allow(unsafe_code)] // statics shared between the handler, the threads and the writer
 mod state;
 #[allow(unsafe_code)] // the raw syscalls
 mod sys;
 #[allow(unsafe_code)] // the pthread functions translated for restored threads (no_mangle)
 mod thread_ids;
+mod trigger;
 #[allow(unsafe_code)] // reads the capture state and the process's own memory in the child
 mod writer;
 
@@ -162,7 +169,7 @@ pub extern "C" fn forkpoint_checkpoint() -> i32 {
         match sys::wait_clone(pid, false) {
             Ok((p, status)) if p == pid => {
                 WRITER_PID.store(0, Ordering::SeqCst);
-                checkpoint::resend_queued();
+                trigger::resend_queued();
                 return if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
                     0
                 } else {
