@@ -213,53 +213,106 @@ pub fn restore(
 
     // Point of no return: descriptors, process attributes, signals, then the blob.
     let keep: Vec<i32> = [Some(err_fd), exe_fd].into_iter().flatten().collect();
-    for w in fds::install(meta, &prepared, &keep)? {
-        sys::write_line(err_fd, &format!("forkpoint restart: warning: {w}\n"));
+    hand_over(HandOver {
+        meta,
+        prepared: &prepared,
+        keep: &keep,
+        committed: Committed { err_fd },
+        creds: creds.as_ref(),
+        mm_restore,
+        loader_brk: loader_mm[4],
+        blob_start: layout.blob_start,
+        stack_top,
+        program: data_at + data.program_offset as u64,
+    })
+}
+
+/// Past the point of no return the descriptor table is the program's: an error cannot go
+/// back to the CLI (it would print on the program's descriptors and exit as if the restart
+/// had been refused). [`hand_over`] returns `!`, so `?` does not compile there; a failure
+/// goes through [`Committed::or_die`], which says what failed on the loader's own copy of
+/// stderr and exits 127, as a failing blob step does.
+struct Committed {
+    err_fd: i32,
+}
+
+impl Committed {
+    fn or_die<T>(&self, r: Result<T, RestoreError>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => {
+                sys::write_line(
+                    self.err_fd,
+                    &format!(
+                        "forkpoint restart: {e} (after the point of no return: the program cannot run)\n"
+                    ),
+                );
+                sys::exit_now(127)
+            }
+        }
+    }
+
+    fn warn(&self, w: &str) {
+        sys::write_line(self.err_fd, &format!("forkpoint restart: warning: {w}\n"));
+    }
+}
+
+/// What the hand-over needs, all staged before the point of no return.
+struct HandOver<'a> {
+    meta: &'a forkpoint_image::Metadata,
+    prepared: &'a fds::PreparedFds,
+    keep: &'a [i32],
+    committed: Committed,
+    creds: Option<&'a verify::Credentials>,
+    mm_restore: verify::MmRestore,
+    loader_brk: u64,
+    blob_start: u64,
+    stack_top: u64,
+    program: u64,
+}
+
+/// Descriptors, process attributes, signals, then the jump into the blob.
+fn hand_over(h: HandOver<'_>) -> ! {
+    let (meta, c) = (h.meta, &h.committed);
+    for w in c.or_die(fds::install(meta, h.prepared, h.keep)) {
+        c.warn(&w);
     }
     for r in &meta.rlimits {
         // A failure (raising a hard limit without privilege) keeps ours and is said.
         if let Err(e) = sys::setrlimit(r.resource, r.cur, r.max) {
-            sys::write_line(
-                err_fd,
-                &format!(
-                    "forkpoint restart: warning: resource limit {} ({} / {}) not restored: {e}\n",
-                    r.resource, r.cur, r.max
-                ),
-            );
+            c.warn(&format!(
+                "resource limit {} ({} / {}) not restored: {e}",
+                r.resource, r.cur, r.max
+            ));
         }
     }
     sys::umask(meta.process.umask);
     if !meta.process.cwd.is_empty() {
         let _ = std::env::set_current_dir(&meta.process.cwd);
     }
-    if let Some(c) = &creds {
-        sys::take_credentials(c).map_err(RestoreError)?;
+    if let Some(creds) = h.creds {
+        c.or_die(sys::take_credentials(creds).map_err(RestoreError));
     } else {
         // Never more capabilities than the program had (a root image with a reduced set).
         sys::limit_capabilities(meta.attributes.cap_effective, meta.attributes.cap_permitted);
     }
     sys::block_all_signals();
     for w in sys::restore_timers_and_attributes(meta) {
-        sys::write_line(err_fd, &format!("forkpoint restart: warning: {w}\n"));
+        c.warn(&w);
     }
     for s in &meta.signals {
         let _ = sys::set_kernel_sigaction(s.signo, s.handler, s.flags, s.restorer, s.mask);
     }
-    sys::rseq_unregister().map_err(RestoreError)?;
-    let program = data_at + data.program_offset as u64;
-    if matches!(mm_restore, verify::MmRestore::Loader(_))
-        && sys::freeze_loader_brk(loader_mm[4]).is_err()
+    c.or_die(sys::rseq_unregister().map_err(RestoreError));
+    if matches!(h.mm_restore, verify::MmRestore::Loader(_))
+        && sys::freeze_loader_brk(h.loader_brk).is_err()
     {
-        sys::write_line(
-            err_fd,
-            "forkpoint restart: warning: cannot freeze the loader's brk: the program's \
-             brk() calls may unmap its memory\n",
-        );
+        c.warn("cannot freeze the loader's brk: the program's brk() calls may unmap its memory");
     }
     // SAFETY: code, program and stack are in the blob region, which the program never unmaps;
     // this thread is the only one (staging threads were joined).
     #[allow(unsafe_code)]
     unsafe {
-        blob::jump(layout.blob_start, stack_top, program)
+        blob::jump(h.blob_start, h.stack_top, h.program)
     }
 }
