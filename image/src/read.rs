@@ -57,7 +57,15 @@ impl fmt::Display for ReadError {
     }
 }
 
-impl std::error::Error for ReadError {}
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io(_, e) => Some(e),
+            ReadError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Parses and checks the 64-byte header.
 pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<Header, ReadError> {
@@ -594,5 +602,22 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn io_errors_keep_their_source() {
+        let e = ReadError::Io(
+            "cannot open x".into(),
+            io::Error::new(io::ErrorKind::NotFound, "gone"),
+        );
+        let src = e.source().expect("an I/O error has its source");
+        assert_eq!(src.to_string(), "gone");
+        assert!(ReadError::TooShort { len: 3 }.source().is_none());
     }
 }
