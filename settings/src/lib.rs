@@ -319,28 +319,6 @@ mod tests {
                 .map(|(_, v)| v.to_string())
         }
     }
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("USR2"), Ok(12));
-        assert_eq!(parse_signal("SIGUSR1"), Ok(10));
-        assert_eq!(parse_signal("SIGRTMIN+3"), Ok(37));
-        assert_eq!(parse_signal("RTMAX-2"), Ok(62));
-        assert_eq!(parse_signal("40"), Ok(40));
-        assert!(parse_signal("KILL").is_err());
-        assert!(parse_signal("32").is_err());
-        assert!(parse_signal("65").is_err());
-        assert!(parse_signal("NOPE").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ns("30s"), Ok(30_000_000_000));
-        assert_eq!(parse_duration_ns("500ms"), Ok(500_000_000));
-        assert_eq!(parse_duration_ns("2m"), Ok(120_000_000_000));
-        assert_eq!(parse_duration_ns("1.5"), Ok(1_500_000_000));
-        assert!(parse_duration_ns("10x").is_err());
-        assert!(parse_duration_ns("0s").is_err());
-    }
 
     #[test]
     fn config_defaults_and_overrides() {
@@ -368,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_cli() {
+    fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
@@ -379,12 +357,16 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("1e400s").is_err());
+        assert_eq!(parse_duration_ns("30s"), Ok(30_000_000_000));
+        assert_eq!(parse_duration_ns("1.5"), Ok(1_500_000_000));
+        assert!(parse_duration_ns("10x").is_err());
+        assert!(parse_duration_ns("0s").is_err());
         assert_eq!(duration_for_env(Duration::from_secs(2)), "2000ms");
         assert_eq!(duration_for_env(Duration::from_micros(1500)), "1500us");
     }
 
     #[test]
-    fn signals_cli() {
+    fn signals() {
         assert_eq!(parse_signal("SIGUSR2").unwrap(), 12);
         assert_eq!(parse_signal("usr1").unwrap(), 10);
         assert_eq!(parse_signal("SIGRTMIN+3").unwrap(), 37);
@@ -398,6 +380,11 @@ mod tests {
         assert!(parse_signal("0").is_err());
         assert!(parse_signal("RTMIN-1").is_err());
         assert!(parse_signal("BOGUS").is_err());
+        assert!(parse_signal("NOPE").is_err());
+        assert_eq!(parse_signal("SIGUSR1"), Ok(10));
+        assert_eq!(parse_signal("USR2"), Ok(12));
+        assert_eq!(parse_signal("40"), Ok(40));
+        assert!(parse_signal("KILL").is_err());
         assert_eq!(signal_name(62), "SIGRTMAX-2");
         assert_eq!(signal_name(34), "SIGRTMIN");
         assert_eq!(signal_name(36), "SIGRTMIN+2");
