@@ -92,6 +92,22 @@ pub fn init() {
     crate::interpose::next_fn(&NEXT_SETAFFINITY, c"pthread_setaffinity_np");
 }
 
+/// Calls glibc's definition in `slot` (found by [`init`]) with signature `ty`, or returns
+/// ENOSYS if there is none: the fall-through of every function here for threads that are
+/// not restored ones.
+macro_rules! call_glibc {
+    ($slot:expr, $ty:ty; $($arg:expr),*) => {{
+        let Some(f) = next(&$slot) else {
+            return libc::ENOSYS;
+        };
+        // SAFETY: `init` found this symbol under the name of the function it implements,
+        // whose C signature `$ty` is.
+        let f: $ty = unsafe { core::mem::transmute::<*mut c_void, $ty>(f) };
+        // SAFETY: the caller's contract is the interposed function's own.
+        unsafe { f($($arg),*) }
+    }};
+}
+
 /// glibc's definition of an interposed function, or None before [`init`] found it.
 fn next(slot: &AtomicPtr<c_void>) -> Option<*mut c_void> {
     let p = slot.load(Ordering::Acquire);
@@ -142,15 +158,11 @@ pub unsafe extern "C" fn pthread_kill(thread: libc::pthread_t, sig: c_int) -> c_
             Err(e) => e,
         };
     }
-    let next = NEXT_KILL.load(Ordering::Acquire);
-    if next.is_null() {
-        return libc::ENOSYS;
-    }
-    // SAFETY: glibc's pthread_kill, found at load, has this signature.
-    let f: unsafe extern "C" fn(libc::pthread_t, c_int) -> c_int =
-        unsafe { core::mem::transmute(next) };
-    // SAFETY: the caller's contract is pthread_kill's.
-    unsafe { f(thread, sig) }
+    call_glibc!(
+        NEXT_KILL,
+        unsafe extern "C" fn(libc::pthread_t, c_int) -> c_int;
+        thread, sig
+    )
 }
 
 /// # Safety
@@ -177,15 +189,11 @@ pub unsafe extern "C" fn pthread_sigqueue(
             Err(e) => e,
         };
     }
-    let next = NEXT_SIGQUEUE.load(Ordering::Acquire);
-    if next.is_null() {
-        return libc::ENOSYS;
-    }
-    // SAFETY: glibc's pthread_sigqueue, found at load, has this signature.
-    let f: unsafe extern "C" fn(libc::pthread_t, c_int, libc::sigval) -> c_int =
-        unsafe { core::mem::transmute(next) };
-    // SAFETY: the caller's contract is pthread_sigqueue's.
-    unsafe { f(thread, sig, value) }
+    call_glibc!(
+        NEXT_SIGQUEUE,
+        unsafe extern "C" fn(libc::pthread_t, c_int, libc::sigval) -> c_int;
+        thread, sig, value
+    )
 }
 
 /// # Safety
@@ -201,14 +209,11 @@ pub unsafe extern "C" fn pthread_getcpuclockid(
         unsafe { *clock = (!tid) << 3 | 6 };
         return 0;
     }
-    let Some(f) = next(&NEXT_CPUCLOCKID) else {
-        return libc::ENOSYS;
-    };
-    // SAFETY: glibc's pthread_getcpuclockid, found at load, has this signature.
-    let f: unsafe extern "C" fn(libc::pthread_t, *mut libc::clockid_t) -> c_int =
-        unsafe { core::mem::transmute(f) };
-    // SAFETY: the caller's contract is pthread_getcpuclockid's.
-    unsafe { f(thread, clock) }
+    call_glibc!(
+        NEXT_CPUCLOCKID,
+        unsafe extern "C" fn(libc::pthread_t, *mut libc::clockid_t) -> c_int;
+        thread, clock
+    )
 }
 
 /// # Safety
@@ -231,14 +236,11 @@ pub unsafe extern "C" fn pthread_getaffinity_np(
             Err(e) => e,
         };
     }
-    let Some(f) = next(&NEXT_GETAFFINITY) else {
-        return libc::ENOSYS;
-    };
-    // SAFETY: glibc's pthread_getaffinity_np, found at load, has this signature.
-    let f: unsafe extern "C" fn(libc::pthread_t, usize, *mut libc::cpu_set_t) -> c_int =
-        unsafe { core::mem::transmute(f) };
-    // SAFETY: the caller's contract is pthread_getaffinity_np's.
-    unsafe { f(thread, size, set) }
+    call_glibc!(
+        NEXT_GETAFFINITY,
+        unsafe extern "C" fn(libc::pthread_t, usize, *mut libc::cpu_set_t) -> c_int;
+        thread, size, set
+    )
 }
 
 /// # Safety
@@ -256,14 +258,11 @@ pub unsafe extern "C" fn pthread_setaffinity_np(
             Err(e) => e,
         };
     }
-    let Some(f) = next(&NEXT_SETAFFINITY) else {
-        return libc::ENOSYS;
-    };
-    // SAFETY: glibc's pthread_setaffinity_np, found at load, has this signature.
-    let f: unsafe extern "C" fn(libc::pthread_t, usize, *const libc::cpu_set_t) -> c_int =
-        unsafe { core::mem::transmute(f) };
-    // SAFETY: the caller's contract is pthread_setaffinity_np's.
-    unsafe { f(thread, size, set) }
+    call_glibc!(
+        NEXT_SETAFFINITY,
+        unsafe extern "C" fn(libc::pthread_t, usize, *const libc::cpu_set_t) -> c_int;
+        thread, size, set
+    )
 }
 
 /// # Safety
