@@ -15,6 +15,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use forkpoint_image::{self as image, Chunk, Compression, PageRun, PAGE_SIZE};
 
+use crate::error::WriteError;
 use crate::sys;
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -104,7 +105,7 @@ pub struct Chunker {
 impl Chunker {
     /// `start` is the file offset of the first chunk; `threads` compression threads (0:
     /// the writer thread compresses itself).
-    pub fn new(level: i32, fd: i32, start: u64, threads: usize) -> Result<Chunker, String> {
+    pub fn new(level: i32, fd: i32, start: u64, threads: usize) -> Result<Chunker, WriteError> {
         let n_slots = if threads == 0 { 1 } else { 2 * threads + 1 };
         // SAFETY: pure size computation.
         let bound = unsafe { zstd_sys::ZSTD_compressBound(CHUNK_PAGES * PAGE) };
@@ -123,7 +124,9 @@ impl Chunker {
                     zstd_sys::ZSTD_initStaticCCtx(aligned as *mut core::ffi::c_void, size)
                 };
                 if cctx.is_null() {
-                    return Err("cannot set up a zstd compression context".into());
+                    return Err(WriteError::Setup(
+                        "cannot set up a zstd compression context",
+                    ));
                 }
                 (cctx, mem)
             };
@@ -196,13 +199,10 @@ impl Chunker {
             .any(|t| t.load(Ordering::SeqCst) != 0)
     }
 
-    fn check_error(&self) -> Result<(), String> {
+    fn check_error(&self) -> Result<(), WriteError> {
         match self.shared.error.load(Ordering::SeqCst) {
             0 => Ok(()),
-            e => Err(format!(
-                "cannot write the image: errno {e} ({})",
-                crate::sys::errno_text(e)
-            )),
+            errno => Err(WriteError::Chunk { errno }),
         }
     }
 
@@ -227,7 +227,7 @@ impl Chunker {
     }
 
     /// A free slot for the writer thread, harvesting finished ones, waiting if all are busy.
-    fn free_slot(&mut self) -> Result<usize, String> {
+    fn free_slot(&mut self) -> Result<usize, WriteError> {
         loop {
             self.check_error()?;
             let seq = self.shared.done_seq.load(Ordering::SeqCst);
@@ -242,7 +242,9 @@ impl Chunker {
                 }
             }
             if !self.has_workers() {
-                return Err("internal error: no free chunk slot and no compression thread".into());
+                return Err(WriteError::Setup(
+                    "internal error: no free chunk slot and no compression thread",
+                ));
             }
             sys::futex_wait(&self.shared.done_seq, seq, 100_000_000);
         }
@@ -257,7 +259,7 @@ impl Chunker {
         page: &[u8],
         droppable: bool,
         in_place: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         let i = match self.current {
             Some(i) => i,
             None => {
@@ -307,7 +309,7 @@ impl Chunker {
     }
 
     /// Hands the current slot to the compression threads (or compresses it here).
-    fn submit(&mut self) -> Result<(), String> {
+    fn submit(&mut self) -> Result<(), WriteError> {
         let Some(i) = self.current.take() else {
             return Ok(());
         };
@@ -351,7 +353,7 @@ impl Chunker {
 
     /// Flushes the last chunk, waits for every chunk to be written, stops the threads.
     /// Returns the chunks sorted by file offset and the offset after the last one.
-    pub fn finish(&mut self) -> Result<(Vec<Chunk>, u64), String> {
+    pub fn finish(&mut self) -> Result<(Vec<Chunk>, u64), WriteError> {
         let r = self.submit();
         self.shared.finishing.store(true, Ordering::SeqCst);
         self.shared.work_seq.fetch_add(1, Ordering::SeqCst);

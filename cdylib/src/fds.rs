@@ -10,6 +10,7 @@ use forkpoint_image::{
     EpollEntry, FdEntry, FdKind, FdRestore, FileLock, PipeInfo, SockOpt, SocketInfo,
 };
 
+use crate::error::WriteError;
 use crate::fixbuf::FixBuf;
 use crate::procfs;
 use crate::sys;
@@ -166,8 +167,8 @@ pub fn describe(
     fd: i32,
     offset: i64,
     warnings: &mut Vec<String>,
-    store: &mut dyn FnMut(&[u8]) -> Result<u32, String>,
-) -> Result<FdEntry, String> {
+    store: &mut dyn FnMut(&[u8]) -> Result<u32, WriteError>,
+) -> Result<FdEntry, WriteError> {
     let mut link = FixBuf::<64>::new();
     link.str("/proc/self/fd/").i64(fd as i64);
     let mut buf = vec![0u8; 4096];
@@ -307,8 +308,8 @@ pub fn describe(
 fn file_blob(
     fd: i32,
     size: u64,
-    store: &mut dyn FnMut(&[u8]) -> Result<u32, String>,
-) -> Result<Option<u32>, String> {
+    store: &mut dyn FnMut(&[u8]) -> Result<u32, WriteError>,
+) -> Result<Option<u32>, WriteError> {
     if size > MAX_FILE_BLOB {
         return Ok(None);
     }
@@ -324,8 +325,8 @@ fn describe_pipe(
     st: &libc::stat,
     flags: i32,
     stdio: bool,
-    store: &mut dyn FnMut(&[u8]) -> Result<u32, String>,
-) -> Result<(FdKind, FdRestore), String> {
+    store: &mut dyn FnMut(&[u8]) -> Result<u32, WriteError>,
+) -> Result<(FdKind, FdRestore), WriteError> {
     let ino = st.st_ino;
     let write_end = flags & libc::O_ACCMODE == libc::O_WRONLY;
     let has_read = ctx.pipe_ends.iter().any(|&(i, w)| i == ino && !w);
@@ -422,8 +423,8 @@ fn describe_socket(
     fd: i32,
     st: &libc::stat,
     stdio: bool,
-    store: &mut dyn FnMut(&[u8]) -> Result<u32, String>,
-) -> Result<(FdKind, FdRestore), String> {
+    store: &mut dyn FnMut(&[u8]) -> Result<u32, WriteError>,
+) -> Result<(FdKind, FdRestore), WriteError> {
     let ino = st.st_ino;
     let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
     let sock_type = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);

@@ -21,6 +21,7 @@ mod checkpoint;
 #[allow(unsafe_code)] // zstd's C API over the arena
 mod compress;
 pub mod config;
+mod error;
 mod fds;
 mod fixbuf;
 #[allow(unsafe_code)] // the fork point and stack switch (assembly)

@@ -13,6 +13,7 @@ use forkpoint_image::{
 
 use crate::compress::Chunker;
 use crate::config::LogLevel;
+use crate::error::WriteError;
 use crate::fds::{self, FdContext, PipeCopy};
 use crate::fixbuf::FixBuf;
 use crate::procfs::{self, Plan};
@@ -95,7 +96,8 @@ pub extern "C" fn writer_main() -> ! {
             report::log(LogLevel::Info, l.as_bytes());
             sys::exit_group(0)
         }
-        Err(msg) => {
+        Err(e) => {
+            let msg = e.to_string();
             let _ = sys::unlink(tmp.as_cstr());
             let mut l = report::Line::new();
             l.str("checkpoint ").u64(cap.seq).str(" failed: ").str(&msg);
@@ -161,14 +163,6 @@ fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
         .str(".fpk");
 }
 
-fn os_err(what: &str, path: &[u8], e: i32) -> String {
-    format!(
-        "{what} {}: {} (errno {e})",
-        String::from_utf8_lossy(path),
-        sys::errno_text(e)
-    )
-}
-
 /// Sequential output to the temporary image file.
 struct Out {
     fd: i32,
@@ -177,16 +171,16 @@ struct Out {
 }
 
 impl Out {
-    fn write(&mut self, mut b: &[u8]) -> Result<(), String> {
+    fn write(&mut self, mut b: &[u8]) -> Result<(), WriteError> {
         while !b.is_empty() {
             match sys::pwrite(self.fd, b, self.pos) {
-                Ok(0) => return Err(os_err("cannot write", &self.path, libc::EIO)),
+                Ok(0) => return Err(WriteError::os("cannot write", &self.path, libc::EIO)),
                 Ok(n) => {
                     b = &b[n..];
                     self.pos += n as u64;
                 }
                 Err(libc::EINTR) => {}
-                Err(e) => return Err(os_err("cannot write", &self.path, e)),
+                Err(e) => return Err(WriteError::os("cannot write", &self.path, e)),
             }
         }
         Ok(())
@@ -270,13 +264,15 @@ fn threads(cap: &Capture) -> &'static [ThreadCapture] {
     &all[..cap.n_threads.min(all.len())]
 }
 
-fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Done, String> {
-    let rt = RUNTIME.get().ok_or("library not initialized")?;
+fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Done, WriteError> {
+    let rt = RUNTIME
+        .get()
+        .ok_or(WriteError::Setup("library not initialized"))?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let tmp_path = tmp.as_cstr().to_vec();
     let _ = sys::unlink(&tmp_path);
     let fd = sys::open(&tmp_path, flags, 0o600)
-        .map_err(|e| os_err("cannot create", &tmp_path[..tmp_path.len() - 1], e))?;
+        .map_err(|e| WriteError::os("cannot create", &tmp_path[..tmp_path.len() - 1], e))?;
     let mut out = Out {
         fd,
         pos: 0,
@@ -291,7 +287,7 @@ fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Do
         }
     };
     let t_written = sys::monotonic_ns();
-    sys::fsync(fd).map_err(|e| os_err("cannot fsync", &out.path, e))?;
+    sys::fsync(fd).map_err(|e| WriteError::os("cannot fsync", &out.path, e))?;
     sys::close(fd);
     if report::log_enabled(LogLevel::Debug) {
         let ms = |a: u64, b: u64| b.saturating_sub(a) / 1_000_000;
@@ -310,7 +306,7 @@ fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Do
     let mut fin = FixBuf::<4200>::new();
     fin.push(cap.out_path.as_bytes());
     sys::rename(&tmp_path, fin.as_cstr())
-        .map_err(|e| os_err("cannot rename the image to", cap.out_path.as_bytes(), e))?;
+        .map_err(|e| WriteError::os("cannot rename the image to", cap.out_path.as_bytes(), e))?;
     // The rename is durable once the directory is.
     let dir_end = cap
         .out_path
@@ -340,7 +336,7 @@ fn write_body(
     rt: &crate::state::Runtime,
     t_child: u64,
     out: &mut Out,
-) -> Result<Done, String> {
+) -> Result<Done, WriteError> {
     let mut header_page = vec![0u8; PAGE];
     header_page[..image::HEADER_LEN].copy_from_slice(&Header::current().encode());
     out.write(&header_page)?;
@@ -359,9 +355,9 @@ fn write_body(
         entries = procfs::split_around(entries, buf, buf + len);
     }
     let pagemap = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
-        .map_err(|e| os_err("cannot open", b"/proc/self/pagemap", e))?;
+        .map_err(|e| WriteError::os("cannot open", b"/proc/self/pagemap", e))?;
     let selfmem = sys::open(b"/proc/self/mem\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)
-        .map_err(|e| os_err("cannot open", b"/proc/self/mem", e))?;
+        .map_err(|e| WriteError::os("cannot open", b"/proc/self/mem", e))?;
     let own = own_addresses(threads(cap));
     let threads = rt.config.writer_threads.unwrap_or_else(sys::cpu_count);
     let mut chunker = Chunker::new(rt.config.zstd_level, out.fd, out.pos, threads)?;
@@ -607,7 +603,7 @@ fn write_body(
 }
 
 /// Everything but memory: process, thread, descriptors, signals, limits, CPU.
-fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result<(), String> {
+fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result<(), WriteError> {
     let status = procfs::read_proc_string(b"/proc/self/status\0");
     let ids = |key: &str| -> (u32, u32) {
         let f: Vec<u32> = procfs::status_field(&status, key)
@@ -814,7 +810,7 @@ fn describe_process(cap: &Capture, meta: &mut Metadata, out: &mut Out) -> Result
 }
 
 /// Writes `bytes` at the current end of the image as a raw blob; returns its index.
-fn store_blob(out: &mut Out, blobs: &mut Vec<DataBlob>, bytes: &[u8]) -> Result<u32, String> {
+fn store_blob(out: &mut Out, blobs: &mut Vec<DataBlob>, bytes: &[u8]) -> Result<u32, WriteError> {
     let offset = out.pos;
     out.write(bytes)?;
     blobs.push(DataBlob {
