@@ -3,9 +3,12 @@
 //! created; pipes, sockets, eventfds, timerfds, signalfds and memfds are created anew with
 //! their saved state; epoll interest lists are filled in last, once their targets exist.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 
 use forkpoint_image::{
     EpollEntry, FdEntry, FdKind, FdRestore, FileLock, ImageFile, Metadata, PipeInfo, SocketInfo,
@@ -15,8 +18,8 @@ use crate::RestoreError;
 
 /// A descriptor ready to be moved into place.
 pub struct Prepared {
-    pub target: i32,
-    pub temp: i32,
+    pub target: RawFd,
+    pub temp: OwnedFd,
     pub cloexec: bool,
 }
 
@@ -38,37 +41,42 @@ fn cvt(r: i32) -> io::Result<i32> {
     }
 }
 
-fn close(fd: i32) {
-    // SAFETY: closing a descriptor of ours.
+/// A descriptor the kernel just returned (or its error).
+fn owned(r: i32) -> io::Result<OwnedFd> {
+    let fd = cvt(r)?;
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Closes a descriptor nothing in this process owns (one the program will not get back).
+fn close_unowned(fd: RawFd) {
+    // SAFETY: no Rust object owns `fd` (the caller checked): closing it cannot double-close.
     unsafe { libc::close(fd) };
 }
 
-fn open_path(path: &str, flags: i32) -> io::Result<i32> {
+fn open_path(path: &str, flags: i32) -> io::Result<OwnedFd> {
     let c = CString::new(path).map_err(|_| io::Error::other("path contains a NUL byte"))?;
     // Reopen, never create or truncate; keep status flags (O_APPEND, O_NONBLOCK, ...).
     let keep =
         flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_TMPFILE);
     // SAFETY: NUL-terminated path.
-    cvt(unsafe { libc::open(c.as_ptr(), keep | libc::O_CLOEXEC | libc::O_NOCTTY) })
+    owned(unsafe { libc::open(c.as_ptr(), keep | libc::O_CLOEXEC | libc::O_NOCTTY) })
 }
 
 /// Moves `fd` to a number at or above `min` (so placing the others cannot clobber it).
-fn lift(fd: i32, min: i32) -> io::Result<i32> {
-    // SAFETY: plain fcntl on our own descriptor.
-    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
-    close(fd);
-    cvt(high)
+fn lift(fd: OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    dup_lifted(fd.as_fd(), min)
 }
 
-fn dup_lifted(fd: i32, min: i32) -> io::Result<i32> {
-    // SAFETY: plain fcntl on our own descriptor.
-    cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+fn dup_lifted(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain fcntl on a live descriptor.
+    owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })
 }
 
-fn write_all(fd: i32, mut b: &[u8]) -> io::Result<()> {
+fn write_all(fd: BorrowedFd<'_>, mut b: &[u8]) -> io::Result<()> {
     while !b.is_empty() {
         // SAFETY: b is valid for its length.
-        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+        let n = unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), b.len()) };
         if n < 0 {
             let e = errno();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -82,17 +90,27 @@ fn write_all(fd: i32, mut b: &[u8]) -> io::Result<()> {
 }
 
 /// File status flags a recreated descriptor should carry.
-fn set_status_flags(fd: i32, flags: i32) {
+fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) {
     let keep = flags & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC);
-    // SAFETY: plain fcntl on our own descriptor.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, keep) };
+    // SAFETY: plain fcntl on a live descriptor.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, keep) };
 }
 
-fn seek(fd: i32, offset: i64) {
-    if offset > 0 {
-        // SAFETY: lseek on our own descriptor.
-        unsafe { libc::lseek(fd, offset, libc::SEEK_SET) };
+/// Sets the offset; the new one, or the kernel's error.
+fn seek(fd: BorrowedFd<'_>, offset: i64) -> io::Result<i64> {
+    // SAFETY: lseek on a live descriptor.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, libc::SEEK_SET) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
     }
+}
+
+/// Both descriptors of a new pipe or socketpair.
+fn two(fds: [RawFd; 2]) -> (OwnedFd, OwnedFd) {
+    // SAFETY: both were just returned by the kernel and nothing else owns them.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// Lowest number above every descriptor the program had and every one we hold now.
@@ -108,48 +126,49 @@ pub fn spare_base(meta: &Metadata) -> i32 {
     max_target.max(max_own) + 1
 }
 
-/// Both ends of pipes created so far, by pipe inode.
-type Pipes = HashMap<u64, (i32, i32)>;
-/// Both ends of socketpairs created so far, by socket inode: (this end, other end).
-type Pairs = HashMap<u64, (i32, i32)>;
+/// Both ends of pipes created so far, by pipe inode (read end, write end). Dropped once
+/// every descriptor has its own duplicate: an end no descriptor uses closes then.
+type Pipes = HashMap<u64, (OwnedFd, OwnedFd)>;
+/// Both ends of socketpairs created so far, by socket inode: (this end, other end); each
+/// pair is in the map twice, once from either side.
+type Pairs = HashMap<u64, (Rc<OwnedFd>, Rc<OwnedFd>)>;
 
-fn pipe_end(img: &ImageFile, f: &FdEntry, p: &PipeInfo, pipes: &mut Pipes) -> io::Result<i32> {
-    let (r, w) = match pipes.get(&p.ino) {
-        Some(&ends) => ends,
-        None if f.path.starts_with('/') => {
-            // A named FIFO: opened again by its name (an O_RDWR handle first, so neither
-            // end's open waits for the other).
-            let anchor = open_path(&f.path, libc::O_RDWR | libc::O_NONBLOCK)?;
-            let r = open_path(&f.path, libc::O_RDONLY | libc::O_NONBLOCK);
-            let w = open_path(&f.path, libc::O_WRONLY | libc::O_NONBLOCK);
-            close(anchor);
-            let (r, w) = (r?, w?);
-            pipes.insert(p.ino, (r, w));
-            (r, w)
-        }
-        None => {
-            let mut fds = [0i32; 2];
-            // SAFETY: fds is two writable ints.
-            cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-            // SAFETY: plain fcntl on our pipe.
-            unsafe {
-                libc::fcntl(
-                    fds[1],
-                    libc::F_SETPIPE_SZ,
-                    p.size.min(i32::MAX as u64) as i32,
-                )
-            };
-            pipes.insert(p.ino, (fds[0], fds[1]));
-            (fds[0], fds[1])
-        }
+/// Both ends of a new pipe, or of a named FIFO opened again by its name (an O_RDWR handle
+/// first, so neither end's open waits for the other).
+fn new_pipe(f: &FdEntry, p: &PipeInfo) -> io::Result<(OwnedFd, OwnedFd)> {
+    if f.path.starts_with('/') {
+        let _anchor = open_path(&f.path, libc::O_RDWR | libc::O_NONBLOCK)?;
+        let r = open_path(&f.path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+        return Ok((r, open_path(&f.path, libc::O_WRONLY | libc::O_NONBLOCK)?));
+    }
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is two writable ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    let (r, w) = two(fds);
+    // SAFETY: plain fcntl on our pipe.
+    unsafe {
+        libc::fcntl(
+            w.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            p.size.min(i32::MAX as u64) as i32,
+        )
+    };
+    Ok((r, w))
+}
+
+/// A new descriptor for end `p` of a pipe, creating the pipe on first use.
+fn pipe_end(img: &ImageFile, f: &FdEntry, p: &PipeInfo, pipes: &mut Pipes) -> io::Result<OwnedFd> {
+    let (r, w) = match pipes.entry(p.ino) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(v) => v.insert(new_pipe(f, p)?),
     };
     if let Some(blob) = p.data {
         let bytes = img
             .read_blob(blob)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        write_all(w, &bytes)?;
+        write_all(w.as_fd(), &bytes)?;
     }
-    Ok(if p.write_end { w } else { r })
+    dup_lifted(if p.write_end { w.as_fd() } else { r.as_fd() }, 3)
 }
 
 fn sock_addr(bytes: &[u8]) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -173,35 +192,39 @@ fn unix_path(bytes: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&path[..end]).into_owned())
 }
 
-fn socket_fd(img: &ImageFile, f: &FdEntry, s: &SocketInfo, pairs: &mut Pairs) -> io::Result<i32> {
+/// A new descriptor for socket `s`; a socketpair is created on first use of either end.
+fn socket_fd(
+    img: &ImageFile,
+    f: &FdEntry,
+    s: &SocketInfo,
+    pairs: &mut Pairs,
+) -> io::Result<OwnedFd> {
     if let Some(peer) = s.pair {
-        let this = match pairs.get(&s.ino) {
-            Some(&(this, _)) => this,
-            None => {
-                let mut sv = [0i32; 2];
-                // SAFETY: sv is two writable ints.
-                cvt(unsafe {
-                    libc::socketpair(
-                        s.domain,
-                        s.sock_type | libc::SOCK_CLOEXEC,
-                        0,
-                        sv.as_mut_ptr(),
-                    )
-                })?;
-                pairs.insert(s.ino, (sv[0], sv[1]));
-                pairs.insert(peer, (sv[1], sv[0]));
-                sv[0]
-            }
-        };
+        if !pairs.contains_key(&s.ino) {
+            let mut sv = [0i32; 2];
+            // SAFETY: sv is two writable ints.
+            cvt(unsafe {
+                libc::socketpair(
+                    s.domain,
+                    s.sock_type | libc::SOCK_CLOEXEC,
+                    0,
+                    sv.as_mut_ptr(),
+                )
+            })?;
+            let (a, b) = two(sv);
+            let (a, b) = (Rc::new(a), Rc::new(b));
+            pairs.insert(peer, (Rc::clone(&b), Rc::clone(&a)));
+            pairs.insert(s.ino, (a, b));
+        }
+        let (this, other) = &pairs[&s.ino];
         // Bytes queued for reading on this end are written into the other end.
         if let Some(blob) = s.data {
             let bytes = img
                 .read_blob(blob)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            let other = pairs.get(&s.ino).map(|&(_, o)| o).unwrap_or(-1);
-            write_all(other, &bytes)?;
+            write_all(other.as_fd(), &bytes)?;
         }
-        return Ok(this);
+        return dup_lifted(this.as_fd(), 3);
     }
     if matches!(f.restore, FdRestore::Approximate { .. }) {
         // Connected to a peer outside: a socket whose peer is gone.
@@ -215,15 +238,13 @@ fn socket_fd(img: &ImageFile, f: &FdEntry, s: &SocketInfo, pairs: &mut Pairs) ->
                 sv.as_mut_ptr(),
             )
         })?;
-        close(sv[1]);
-        return Ok(sv[0]);
+        let (this, _gone) = two(sv);
+        return Ok(this);
     }
     // SAFETY: creating a socket.
-    let fd = cvt(unsafe { libc::socket(s.domain, s.sock_type | libc::SOCK_CLOEXEC, s.protocol) })?;
-    let fail = |fd: i32, e: io::Error| {
-        close(fd);
-        e
-    };
+    let sock =
+        owned(unsafe { libc::socket(s.domain, s.sock_type | libc::SOCK_CLOEXEC, s.protocol) })?;
+    let fd = sock.as_raw_fd();
     for o in &s.options {
         // The kernel reports buffer sizes doubled (its bookkeeping): ask for half.
         let v =
@@ -260,32 +281,29 @@ fn socket_fd(img: &ImageFile, f: &FdEntry, s: &SocketInfo, pairs: &mut Pairs) ->
         // SAFETY: ss holds len valid bytes of a sockaddr.
         if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } != 0 {
             let e = errno();
-            return Err(fail(
-                fd,
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot bind the saved address again: {e} (is it still taken?)"),
-                ),
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot bind the saved address again: {e} (is it still taken?)"),
             ));
         }
     }
     // SAFETY: listen on our socket.
     if s.listening && unsafe { libc::listen(fd, 4096) } != 0 {
-        return Err(fail(fd, errno()));
+        return Err(errno());
     }
-    Ok(fd)
+    Ok(sock)
 }
 
-fn deleted_file(img: &ImageFile, f: &FdEntry, data: Option<u32>, mode: u32) -> io::Result<i32> {
+fn deleted_file(img: &ImageFile, f: &FdEntry, data: Option<u32>, mode: u32) -> io::Result<OwnedFd> {
     let original = f.path.trim_end_matches(" (deleted)");
     let dir = std::path::Path::new(original)
         .parent()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let open_tmp = |dir: &str| -> io::Result<i32> {
+    let open_tmp = |dir: &str| -> io::Result<OwnedFd> {
         let c = CString::new(dir).map_err(|_| io::Error::other("NUL in path"))?;
         // SAFETY: NUL-terminated directory path.
-        cvt(unsafe {
+        owned(unsafe {
             libc::open(
                 c.as_ptr(),
                 libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
@@ -298,20 +316,24 @@ fn deleted_file(img: &ImageFile, f: &FdEntry, data: Option<u32>, mode: u32) -> i
         let bytes = img
             .read_blob(blob)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        write_all(fd, &bytes)?;
+        write_all(fd.as_fd(), &bytes)?;
     }
     // The file's permissions, then a descriptor with the program's access mode and flags (a
     // new open of the unnamed file through /proc, as O_TMPFILE gives O_RDWR).
     if mode != 0 {
         // SAFETY: fchmod of our own file.
-        unsafe { libc::fchmod(fd, mode as libc::mode_t) };
+        unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) };
     }
-    let again = open_path(&format!("/proc/self/fd/{fd}"), f.flags);
-    close(fd);
-    again
+    open_path(&format!("/proc/self/fd/{}", fd.as_raw_fd()), f.flags)
 }
 
-fn memfd(img: &ImageFile, name: &str, seals: u32, size: u64, data: Option<u32>) -> io::Result<i32> {
+fn memfd(
+    img: &ImageFile,
+    name: &str,
+    seals: u32,
+    size: u64,
+    data: Option<u32>,
+) -> io::Result<OwnedFd> {
     let c = CString::new(name).unwrap_or_default();
     let flags = libc::MFD_CLOEXEC
         | if seals != 0 {
@@ -320,34 +342,39 @@ fn memfd(img: &ImageFile, name: &str, seals: u32, size: u64, data: Option<u32>) 
             0
         };
     // SAFETY: NUL-terminated name.
-    let fd = cvt(unsafe { libc::memfd_create(c.as_ptr(), flags) })?;
+    let fd = owned(unsafe { libc::memfd_create(c.as_ptr(), flags) })?;
     if let Some(blob) = data {
         let bytes = img
             .read_blob(blob)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        write_all(fd, &bytes)?;
+        write_all(fd.as_fd(), &bytes)?;
     }
     // SAFETY: ftruncate of our memfd.
-    unsafe { libc::ftruncate(fd, size as i64) };
+    unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) };
     if seals != 0 {
         // F_SEAL_SEAL last: it forbids adding the others.
         // SAFETY: plain fcntl.
-        unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals as i32) };
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as i32) };
     }
     Ok(fd)
 }
 
-fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) -> io::Result<i32> {
+fn create(
+    img: &ImageFile,
+    f: &FdEntry,
+    pipes: &mut Pipes,
+    pairs: &mut Pairs,
+) -> io::Result<OwnedFd> {
     let nonblock = f.flags & libc::O_NONBLOCK != 0;
     let fd = match &f.kind {
-        FdKind::Pipe { pipe: Some(p) } => dup_lifted(pipe_end(img, f, p, pipes)?, 3)?,
-        FdKind::Socket { socket: Some(s) } => dup_lifted(socket_fd(img, f, s, pairs)?, 3)?,
+        FdKind::Pipe { pipe: Some(p) } => pipe_end(img, f, p, pipes)?,
+        FdKind::Socket { socket: Some(s) } => socket_fd(img, f, s, pairs)?,
         FdKind::Eventfd { count, semaphore } => {
             let flags = libc::EFD_CLOEXEC | if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
             // SAFETY: creating an eventfd.
-            let fd = cvt(unsafe { libc::eventfd(0, flags) })?;
+            let fd = owned(unsafe { libc::eventfd(0, flags) })?;
             if *count > 0 {
-                write_all(fd, &count.to_ne_bytes())?;
+                write_all(fd.as_fd(), &count.to_ne_bytes())?;
             }
             fd
         }
@@ -358,7 +385,7 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
             ticks,
         } => {
             // SAFETY: creating a timerfd.
-            let fd = cvt(unsafe { libc::timerfd_create(*clockid, libc::TFD_CLOEXEC) })?;
+            let fd = owned(unsafe { libc::timerfd_create(*clockid, libc::TFD_CLOEXEC) })?;
             // Expirations nobody read yet come back as one expiry right away (its count is
             // not settable); then the timer goes on as it was.
             let value = if *ticks > 0 { 1 } else { *value_ns };
@@ -372,7 +399,9 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
                     it_value: ts(value),
                 };
                 // SAFETY: spec is valid; old value not requested.
-                cvt(unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) })?;
+                cvt(unsafe {
+                    libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+                })?;
             }
             fd
         }
@@ -382,10 +411,10 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
             // SAFETY: writing 8 bytes into a sigset_t.
             unsafe { std::ptr::write_unaligned(&mut set as *mut _ as *mut u64, *mask) };
             // SAFETY: creating a signalfd with a valid mask.
-            cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) })?
+            owned(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) })?
         }
         // SAFETY: creating an epoll instance.
-        FdKind::Epoll { .. } => cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?,
+        FdKind::Epoll { .. } => owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?,
         FdKind::DeletedFile { data, mode, .. } => deleted_file(img, f, *data, *mode)?,
         FdKind::Memfd {
             name,
@@ -397,16 +426,17 @@ fn create(img: &ImageFile, f: &FdEntry, pipes: &mut Pipes, pairs: &mut Pairs) ->
     };
     // Pipes shared an O_NONBLOCK open above: always set their own flags.
     if nonblock || f.flags & libc::O_APPEND != 0 || matches!(f.kind, FdKind::Pipe { .. }) {
-        set_status_flags(fd, f.flags);
+        set_status_flags(fd.as_fd(), f.flags);
     }
-    if matches!(f.kind, FdKind::DeletedFile { .. } | FdKind::Memfd { .. }) {
-        seek(fd, f.offset);
+    if matches!(f.kind, FdKind::DeletedFile { .. } | FdKind::Memfd { .. }) && f.offset > 0 {
+        seek(fd.as_fd(), f.offset)?;
     }
     Ok(fd)
 }
 
 /// Takes lock `l` on `fd` (or, with `test_only`, checks that nothing else holds it).
-fn take_lock(fd: i32, l: &FileLock, test_only: bool) -> io::Result<()> {
+fn take_lock(fd: BorrowedFd<'_>, l: &FileLock, test_only: bool) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     if l.kind == "flock" {
         let op = if l.write {
             libc::LOCK_EX
@@ -469,43 +499,47 @@ pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>),
             FdRestore::Reopen => {
                 let fd =
                     open_path(&crate::verify::live_path(meta, &f.path), f.flags).map_err(|e| {
-                        RestoreError(format!(
-                            "cannot reopen descriptor {} ({}): {e}",
-                            f.fd, f.path
-                        ))
+                        RestoreError::os(
+                            format!("cannot reopen descriptor {} ({})", f.fd, f.path),
+                            e,
+                        )
                     })?;
-                if f.offset > 0 {
-                    // SAFETY: lseek on our own descriptor.
-                    let r = unsafe { libc::lseek(fd, f.offset, libc::SEEK_SET) };
-                    if r != f.offset && f.flags & libc::O_APPEND == 0 {
-                        return Err(RestoreError(format!(
-                            "cannot seek descriptor {} ({}) to offset {}: {}",
-                            f.fd,
-                            f.path,
-                            f.offset,
-                            errno()
-                        )));
-                    }
+                // An O_APPEND file may have shrunk: its writes go to the end all the same.
+                let seeked = if f.offset > 0 {
+                    seek(fd.as_fd(), f.offset)
+                } else {
+                    Ok(0)
+                };
+                if f.flags & libc::O_APPEND == 0 {
+                    seeked.map_err(|e| {
+                        RestoreError::os(
+                            format!(
+                                "cannot seek descriptor {} ({}) to offset {}",
+                                f.fd, f.path, f.offset
+                            ),
+                            e,
+                        )
+                    })?;
                 }
                 fd
             }
             FdRestore::Recreate | FdRestore::Approximate { .. } => {
                 create(img, f, &mut pipes, &mut pairs).map_err(|e| {
-                    RestoreError(format!(
-                        "cannot recreate descriptor {} ({}): {e}",
-                        f.fd, f.path
-                    ))
+                    RestoreError::os(
+                        format!("cannot recreate descriptor {} ({})", f.fd, f.path),
+                        e,
+                    )
                 })?
             }
             FdRestore::DevNull { .. } => {
                 // The image's warnings already say why.
                 let acc = f.flags & libc::O_ACCMODE;
                 open_path("/dev/null", acc)
-                    .map_err(|e| RestoreError(format!("cannot open /dev/null: {e}")))?
+                    .map_err(|e| RestoreError::os("cannot open /dev/null".into(), e))?
             }
         };
         let temp = lift(temp, base)
-            .map_err(|e| RestoreError(format!("cannot place descriptor {}: {e}", f.fd)))?;
+            .map_err(|e| RestoreError::os(format!("cannot place descriptor {}", f.fd), e))?;
         if let FdKind::Epoll { interest } = &f.kind {
             out.epolls.push((f.fd, interest.clone()));
         }
@@ -522,22 +556,19 @@ pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>),
         let Some(p) = out.fds.iter().find(|p| p.target == l.fd) else {
             continue;
         };
-        take_lock(p.temp, l, l.kind == "posix").map_err(|e| {
-            RestoreError(format!(
-                "cannot take the {} lock on descriptor {} again: {e}",
-                l.kind, l.fd
-            ))
+        take_lock(p.temp.as_fd(), l, l.kind == "posix").map_err(|e| {
+            RestoreError::os(
+                format!(
+                    "cannot take the {} lock on descriptor {} again",
+                    l.kind, l.fd
+                ),
+                e,
+            )
         })?;
     }
-    // The originals of pipes and socketpairs: each end now lives on in the descriptors that
-    // use it (an end no descriptor uses closes here: EOF or EPIPE, as for a peer outside).
-    for (r, w) in pipes.into_values() {
-        close(r);
-        close(w);
-    }
-    for (this, _) in pairs.into_values() {
-        close(this);
-    }
+    // The originals of pipes and socketpairs close as `pipes` and `pairs` go: each end lives
+    // on in the descriptors that use it (an end none uses closes: EOF or EPIPE, as for a
+    // peer outside).
     Ok((out, warnings))
 }
 
@@ -545,8 +576,8 @@ pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>),
 /// then registers the epoll interest lists (their targets exist now). Returns warnings.
 pub fn install(
     meta: &Metadata,
-    prepared: &PreparedFds,
-    keep: &[i32],
+    prepared: PreparedFds,
+    keep: &[RawFd],
 ) -> Result<Vec<String>, RestoreError> {
     let inherited: Vec<i32> = meta
         .fds
@@ -555,32 +586,35 @@ pub fn install(
         .map(|f| f.fd)
         .collect();
     let open_now: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| RestoreError(format!("cannot list /proc/self/fd: {e}")))?
+        .map_err(|e| RestoreError::os("cannot list /proc/self/fd".into(), e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .collect();
     for fd in open_now {
         let wanted = inherited.contains(&fd)
             || keep.contains(&fd)
-            || prepared.fds.iter().any(|p| p.temp == fd);
+            || prepared.fds.iter().any(|p| p.temp.as_raw_fd() == fd);
         if !wanted {
-            close(fd);
+            // Past the point of no return nothing of the loader's that owns a descriptor
+            // (the image file, std's handles) is used or dropped again.
+            close_unowned(fd);
         }
     }
-    for p in &prepared.fds {
+    for p in prepared.fds {
         let flags = if p.cloexec { libc::O_CLOEXEC } else { 0 };
-        // SAFETY: dup3 onto a number we just freed (or an inherited one the image replaces).
-        if unsafe { libc::dup3(p.temp, p.target, flags) } < 0 {
-            return Err(RestoreError(format!(
-                "cannot move descriptor into place as {}: {}",
-                p.target,
-                errno()
-            )));
+        // SAFETY: dup3 onto a number we just freed (or an inherited one the image replaces);
+        // the target is the program's from now on, owned by no Rust object.
+        if unsafe { libc::dup3(p.temp.as_raw_fd(), p.target, flags) } < 0 {
+            return Err(RestoreError::os(
+                format!("cannot move descriptor into place as {}", p.target),
+                errno(),
+            ));
         }
-        close(p.temp);
     }
     let mut warnings = Vec::new();
     for l in meta.locks.iter().filter(|l| l.kind == "posix") {
-        if let Err(e) = take_lock(l.fd, l, false) {
+        // SAFETY: l.fd was just placed by the loop above and stays open while borrowed.
+        let fd = unsafe { BorrowedFd::borrow_raw(l.fd) };
+        if let Err(e) = take_lock(fd, l, false) {
             warnings.push(format!(
                 "cannot take the POSIX lock on descriptor {} again: {e}",
                 l.fd

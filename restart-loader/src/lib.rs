@@ -38,17 +38,50 @@ pub struct RestoreOptions {
     pub strict: bool,
 }
 
-/// Why a restore was refused.
+/// Why a restore was refused (before the point of no return) or failed (after it).
 #[derive(Debug)]
-pub struct RestoreError(pub String);
+pub enum RestoreError {
+    /// The image cannot be read, or is damaged.
+    Image {
+        path: std::path::PathBuf,
+        source: forkpoint_image::ReadError,
+    },
+    /// The image does not fit this machine, its files or this user; the message says how.
+    Refused(String),
+    /// A system call failed while staging the program.
+    Os {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A system call failed; the kernel's answer is already part of the message.
+    Failed(String),
+}
 
-impl fmt::Display for RestoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl RestoreError {
+    fn os(what: String, source: std::io::Error) -> Self {
+        RestoreError::Os { what, source }
     }
 }
 
-impl std::error::Error for RestoreError {}
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestoreError::Image { path, source } => write!(f, "{}: {source}", path.display()),
+            RestoreError::Refused(why) | RestoreError::Failed(why) => f.write_str(why),
+            RestoreError::Os { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for RestoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RestoreError::Image { source, .. } => Some(source),
+            RestoreError::Os { source, .. } => Some(source),
+            RestoreError::Refused(_) | RestoreError::Failed(_) => None,
+        }
+    }
+}
 
 /// Restores the image at `path` into the calling process. Returns only on failure.
 /// The caller must be single-threaded.
@@ -66,13 +99,15 @@ pub fn restore(
         }
     };
     // Verify.
-    let img =
-        ImageFile::open(path).map_err(|e| RestoreError(format!("{}: {e}", path.display())))?;
+    let img = ImageFile::open(path).map_err(|source| RestoreError::Image {
+        path: path.to_path_buf(),
+        source,
+    })?;
     verify::check_owner(path, opts.allow_foreign_owner)?;
     let meta = &img.metadata;
     let creds = verify::credentials_to_take(meta)?;
     if opts.strict && !meta.warnings.is_empty() {
-        return Err(RestoreError(format!(
+        return Err(RestoreError::Refused(format!(
             "--strict: the image holds what cannot be restored faithfully:\n  {}",
             meta.warnings.join("\n  ")
         )));
@@ -88,15 +123,15 @@ pub fn restore(
     let file_warnings = verify::check_files(meta)?;
     let own_maps = plan::parse_maps(
         &std::fs::read_to_string("/proc/self/maps")
-            .map_err(|e| RestoreError(format!("cannot read /proc/self/maps: {e}")))?,
+            .map_err(|e| RestoreError::os("cannot read /proc/self/maps".into(), e))?,
     );
     verify::check_vdso(meta, &own_maps)?;
-    let vdso = plan::pair_vdso(meta, &own_maps).map_err(RestoreError)?;
+    let vdso = plan::pair_vdso(meta, &own_maps).map_err(RestoreError::Refused)?;
     say("verified the machine, the files and the vdso");
 
     // Plan.
-    let layout =
-        plan::plan_layout(meta, &own_maps, plan::data_len_bound(meta)).map_err(RestoreError)?;
+    let layout = plan::plan_layout(meta, &own_maps, plan::data_len_bound(meta))
+        .map_err(RestoreError::Refused)?;
     say(&format!(
         "staging at {:#x}-{:#x}",
         layout.reservation.0, layout.reservation.1
@@ -127,7 +162,7 @@ pub fn restore(
     // Descriptors are placed above the program's highest one: the open-file limit must
     // allow that now (the program's own limits are set again later).
     let base = fds::spare_base(meta);
-    sys::raise_nofile(base as u64 + meta.fds.len() as u64 + 16).map_err(RestoreError)?;
+    sys::raise_nofile(base as u64 + meta.fds.len() as u64 + 16).map_err(RestoreError::Failed)?;
     let (prepared, mut warnings) = fds::prepare(&img, base)?;
     warnings.extend(meta.warnings.iter().cloned());
     warnings.extend(advice_warnings);
@@ -180,10 +215,10 @@ pub fn restore(
         loader_mm,
     };
     let data_at = layout.blob_start + PAGE_SIZE;
-    let data = plan::build_program(&inputs, data_at).map_err(RestoreError)?;
+    let data = plan::build_program(&inputs, data_at).map_err(RestoreError::Refused)?;
     let stack_top = layout.blob_start + layout.blob_len;
     if data_at + data.bytes.len() as u64 > layout.thread_stacks {
-        return Err(RestoreError(
+        return Err(RestoreError::Failed(
             "internal error: the restore program does not fit its region".into(),
         ));
     }
@@ -192,13 +227,13 @@ pub fn restore(
         layout.blob_len,
         &[(layout.blob_start, blob::code()), (data_at, &data.bytes)],
     )
-    .map_err(|e| RestoreError(format!("cannot map the restore blob: {e}")))?;
+    .map_err(|e| RestoreError::os("cannot map the restore blob".into(), e))?;
     sys::mprotect(
         layout.blob_start,
         PAGE_SIZE,
         libc::PROT_READ | libc::PROT_EXEC,
     )
-    .map_err(|e| RestoreError(format!("cannot protect the restore blob: {e}")))?;
+    .map_err(|e| RestoreError::os("cannot protect the restore blob".into(), e))?;
     say(&format!("restore program: {} steps", data.steps.len()));
     for w in &warnings {
         eprintln!("forkpoint restart: warning: {w}");
@@ -215,7 +250,7 @@ pub fn restore(
     let keep: Vec<i32> = [Some(err_fd), exe_fd].into_iter().flatten().collect();
     hand_over(HandOver {
         meta,
-        prepared: &prepared,
+        prepared,
         keep: &keep,
         committed: Committed { err_fd },
         creds: creds.as_ref(),
@@ -260,7 +295,7 @@ impl Committed {
 /// What the hand-over needs, all staged before the point of no return.
 struct HandOver<'a> {
     meta: &'a forkpoint_image::Metadata,
-    prepared: &'a fds::PreparedFds,
+    prepared: fds::PreparedFds,
     keep: &'a [i32],
     committed: Committed,
     creds: Option<&'a verify::Credentials>,
@@ -291,7 +326,7 @@ fn hand_over(h: HandOver<'_>) -> ! {
         let _ = std::env::set_current_dir(&meta.process.cwd);
     }
     if let Some(creds) = h.creds {
-        c.or_die(sys::take_credentials(creds).map_err(RestoreError));
+        c.or_die(sys::take_credentials(creds).map_err(RestoreError::Failed));
     } else {
         // Never more capabilities than the program had (a root image with a reduced set).
         sys::limit_capabilities(meta.attributes.cap_effective, meta.attributes.cap_permitted);
@@ -303,7 +338,7 @@ fn hand_over(h: HandOver<'_>) -> ! {
     for s in &meta.signals {
         let _ = sys::set_kernel_sigaction(s.signo, s.handler, s.flags, s.restorer, s.mask);
     }
-    c.or_die(sys::rseq_unregister().map_err(RestoreError));
+    c.or_die(sys::rseq_unregister().map_err(RestoreError::Failed));
     if matches!(h.mm_restore, verify::MmRestore::Loader(_))
         && sys::freeze_loader_brk(h.loader_brk).is_err()
     {

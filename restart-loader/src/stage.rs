@@ -60,16 +60,16 @@ fn prot_flags(p: u32) -> i32 {
 pub fn map_regions(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError> {
     let (rs, re) = layout.reservation;
     sys::reserve(rs, re - rs)
-        .map_err(|e| RestoreError(format!("cannot reserve the staging area at {rs:#x}: {e}")))?;
+        .map_err(|e| RestoreError::os(format!("cannot reserve the staging area at {rs:#x}"), e))?;
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     for s in &layout.staged {
         let m = &meta.mappings[s.mapping];
         let len = s.target_end - s.target_start;
         let what = |e: std::io::Error| {
-            RestoreError(format!(
-                "cannot stage the mapping at {:#x} ({}): {e}",
-                m.start, m.name
-            ))
+            RestoreError::os(
+                format!("cannot stage the mapping at {:#x} ({})", m.start, m.name),
+                e,
+            )
         };
         match &m.kind {
             MappingKind::File { file } | MappingKind::SharedFile { file } => {
@@ -80,10 +80,13 @@ pub fn map_regions(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError>
                     .write(writable)
                     .open(&file.path)
                     .map_err(|e| {
-                        RestoreError(format!(
-                            "cannot open {} for the mapping at {:#x}: {e}",
-                            file.path, m.start
-                        ))
+                        RestoreError::os(
+                            format!(
+                                "cannot open {} for the mapping at {:#x}",
+                                file.path, m.start
+                            ),
+                            e,
+                        )
                     })?;
                 let (prot, flags) = if shared {
                     (prot_flags(m.prot), libc::MAP_SHARED)
@@ -210,7 +213,7 @@ pub fn fill_regions(
         }
     });
     if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(RestoreError(format!("the image is damaged: {e}")));
+        return Err(RestoreError::Failed(format!("the image is damaged: {e}")));
     }
     Ok(pages.load(Ordering::Relaxed) as u64)
 }
@@ -228,7 +231,7 @@ pub fn patch(
         let dst = stage
             .translate(at, restore_info::LEN as u64)
             .ok_or_else(|| {
-                RestoreError(format!(
+                RestoreError::Failed(format!(
                     "the library's restore block at {at:#x} is not in a restored mapping"
                 ))
             })?;
@@ -258,7 +261,7 @@ pub fn patch(
     // library reads entries up to the first without a tid address.
     let put = |at: u64, bytes: &[u8]| -> Result<(), RestoreError> {
         let dst = stage.translate(at, bytes.len() as u64).ok_or_else(|| {
-            RestoreError(format!(
+            RestoreError::Failed(format!(
                 "the library's thread table at {table:#x} is not in a restored mapping"
             ))
         })?;
@@ -304,10 +307,10 @@ pub fn protect(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError> {
             prot_flags(m.prot),
         )
         .map_err(|e| {
-            RestoreError(format!(
-                "cannot set protections of the mapping at {:#x}: {e}",
-                m.start
-            ))
+            RestoreError::os(
+                format!("cannot set protections of the mapping at {:#x}", m.start),
+                e,
+            )
         })?;
     }
     Ok(())

@@ -64,7 +64,7 @@ pub fn check_cpu(meta: &Metadata, now: (u32, u32, u32, u32, u32, u64)) -> Result
                     .unwrap_or(format!("xsave feature {b}"))
             })
             .collect();
-        return Err(RestoreError(format!(
+        return Err(RestoreError::Refused(format!(
             "this CPU (or kernel) does not enable vector state the image needs: {} (image XSTATE_BV {:#x}, this machine's XCR0 {:#x})",
             names.join(", "),
             c.xsave_required,
@@ -81,7 +81,7 @@ pub fn check_cpu(meta: &Metadata, now: (u32, u32, u32, u32, u32, u64)) -> Result
     for (name, saved, cur, ignored) in checks {
         let m = missing_bits(saved, cur, ignored);
         if m != 0 {
-            return Err(RestoreError(format!(
+            return Err(RestoreError::Refused(format!(
                 "this CPU lacks instruction-set features the image's program may use: {name} bits {m:#x} (image {saved:#x}, this CPU {cur:#x})"
             )));
         }
@@ -153,7 +153,7 @@ pub fn check_files(meta: &Metadata) -> Result<Vec<String>, RestoreError> {
             continue;
         };
         let refuse = |why: String| {
-            Err(RestoreError(format!(
+            Err(RestoreError::Refused(format!(
                 "the file behind the memory mapping at {:#x} changed: {why}; restoring would give the program wrong memory",
                 m.start
             )))
@@ -188,13 +188,13 @@ pub fn check_files(meta: &Metadata) -> Result<Vec<String>, RestoreError> {
             }
             if let FdKind::Regular { file } = &fd.kind {
                 if let Err(e) = std::fs::metadata(&file.path) {
-                    return Err(RestoreError(format!(
+                    return Err(RestoreError::Refused(format!(
                         "descriptor {} cannot be reopened: {}: {e}",
                         fd.fd, file.path
                     )));
                 }
             } else if std::fs::metadata(&fd.path).is_err() {
-                return Err(RestoreError(format!(
+                return Err(RestoreError::Refused(format!(
                     "descriptor {} cannot be reopened: {} does not exist",
                     fd.fd, fd.path
                 )));
@@ -202,7 +202,7 @@ pub fn check_files(meta: &Metadata) -> Result<Vec<String>, RestoreError> {
         }
     }
     if !meta.process.cwd.is_empty() && !std::path::Path::new(&meta.process.cwd).is_dir() {
-        return Err(RestoreError(format!(
+        return Err(RestoreError::Refused(format!(
             "the working directory {} does not exist here",
             meta.process.cwd
         )));
@@ -222,12 +222,12 @@ pub fn check_vdso(meta: &Metadata, loader: &[Area]) -> Result<(), RestoreError> 
     let mine = loader
         .iter()
         .find(|a| a.name == "[vdso]")
-        .ok_or_else(|| RestoreError("this process has no vdso".into()))?;
+        .ok_or_else(|| RestoreError::Refused("this process has no vdso".into()))?;
     let my_len = mine.end - mine.start;
     // SAFETY: our own vdso is mapped readable for its whole range.
     let bytes = unsafe { std::slice::from_raw_parts(mine.start as *const u8, my_len as usize) };
     if my_len != len || forkpoint_image::crc32(bytes) != crc {
-        return Err(RestoreError(format!(
+        return Err(RestoreError::Refused(format!(
             "this kernel's vdso differs from the one the image was taken under (kernel {} then): restore on the same kernel build",
             meta.process.kernel_release
         )));
@@ -318,16 +318,18 @@ pub fn check_loader_layout(
     program_start_brk: u64,
 ) -> Result<(), RestoreError> {
     match how {
-        MmRestore::Loader(e) if loader_start_brk > program_start_brk => Err(RestoreError(format!(
-            "cannot restore the program's memory layout here: prctl(PR_SET_MM_MAP) is refused \
+        MmRestore::Loader(e) if loader_start_brk > program_start_brk => {
+            Err(RestoreError::Refused(format!(
+                "cannot restore the program's memory layout here: prctl(PR_SET_MM_MAP) is refused \
              ({}; a kernel without CONFIG_CHECKPOINT_RESTORE or a seccomp filter), there is no \
              CAP_SYS_RESOURCE for the single PR_SET_MM operations, and the kernel's break would \
              stay the loader's at {loader_start_brk:#x}, above the program's heap at \
              {program_start_brk:#x}: its brk() and sbrk() calls would be told they succeeded \
              for memory that is not there. Restart where PR_SET_MM_MAP is allowed or with \
              CAP_SYS_RESOURCE",
-            std::io::Error::from_raw_os_error(e)
-        ))),
+                std::io::Error::from_raw_os_error(e)
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -358,11 +360,11 @@ pub fn mm_restore_warning(how: MmRestore) -> Option<String> {
 /// An image is code and data that will run as the caller: refuse one another user owns.
 pub fn check_owner(path: &std::path::Path, allow_foreign: bool) -> Result<(), RestoreError> {
     let md =
-        std::fs::metadata(path).map_err(|e| RestoreError(format!("{}: {e}", path.display())))?;
+        std::fs::metadata(path).map_err(|e| RestoreError::os(path.display().to_string(), e))?;
     // SAFETY: getuid has no preconditions.
     let me = unsafe { libc::getuid() };
     if md.uid() != me && !allow_foreign {
-        return Err(RestoreError(format!(
+        return Err(RestoreError::Refused(format!(
             "{} is owned by uid {}, not by you (uid {me}): restoring it would run its contents as you; \
              pass --allow-foreign-owner if you trust it",
             path.display(),
@@ -422,8 +424,10 @@ mod tests {
         let loader = MmRestore::Loader(libc::EPERM);
         assert!(check_loader_layout(loader, 0x5000, 0x6000).is_ok());
         assert!(check_loader_layout(loader, 0x6000, 0x6000).is_ok());
-        let e = check_loader_layout(loader, 0x7000, 0x6000).unwrap_err();
-        assert!(e.0.contains("0x7000") && e.0.contains("0x6000"), "{}", e.0);
+        let e = check_loader_layout(loader, 0x7000, 0x6000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0x7000") && e.contains("0x6000"), "{e}");
         assert!(check_loader_layout(MmRestore::Single(libc::EPERM), 0x7000, 0x6000).is_ok());
     }
 
@@ -447,14 +451,14 @@ mod tests {
         meta.cpu.xsave_required = now.5 | (1 << 18);
         let mut fake = now;
         fake.5 &= !(1 << 18);
-        let e = check_cpu(&meta, fake).unwrap_err().0;
+        let e = check_cpu(&meta, fake).unwrap_err().to_string();
         assert!(e.contains("AMX tile data"), "{e}");
         meta.cpu.xsave_required = 0;
         meta.cpu.cpuid_7_ebx = 1 << 16;
         fake.2 = 0;
         assert!(check_cpu(&meta, fake)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("CPUID.7.0:EBX"));
     }
 
