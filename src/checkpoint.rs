@@ -15,6 +15,7 @@ pub struct CheckpointArgs {
     pub output: Option<PathBuf>,
     pub timeout: Duration,
     pub kill: bool,
+    pub tree: bool,
 }
 
 /// Outcome printed by the caller: the image path goes to stdout.
@@ -38,6 +39,19 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
             "--output {} is a directory; give the image's file name",
             output.display()
         )));
+    }
+    if args.tree {
+        let output = if output.as_os_str().is_empty() {
+            default_tree_output(pid)?
+        } else {
+            output
+        };
+        return crate::tree::checkpoint_tree(&crate::tree::TreeArgs {
+            root: pid,
+            output,
+            timeout: args.timeout,
+            kill: args.kill,
+        });
     }
     let request_contents = output
         .to_str()
@@ -93,70 +107,12 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
         return Err(CliError::new(why));
     }
 
-    let started = Instant::now();
-    let mut sleep = Duration::from_millis(1);
-    let mut died_at: Option<Instant> = None;
-    let text = loop {
-        match fs::read_to_string(&report) {
-            Ok(t) => break t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(CliError::new(format!(
-                    "cannot read {}: {e}",
-                    report.display()
-                )))
-            }
-        }
-        if died_at.is_none() && !process_alive(pid) {
-            died_at = Some(Instant::now());
-        }
-        // A program that died after picking up the request (its request file is gone) has
-        // a writer that goes on and completes the image: wait for its report as usual. One
-        // that died before never will: give up after a moment.
-        if let Some(t) = died_at {
-            if request.exists() && t.elapsed() > Duration::from_secs(2) {
-                let _ = fs::remove_file(&request);
-                return Err(CliError::new(format!(
-                    "process {pid} exited before the checkpoint was reported; no image"
-                )));
-            }
-        }
-        if started.elapsed() >= args.timeout {
-            let picked_up = !request.exists();
-            let _ = fs::remove_file(&request);
-            let mut msg = format!(
-                "timed out after {} waiting for process {pid} to report the checkpoint",
-                fmt_duration(args.timeout)
-            );
-            if !picked_up {
-                msg.push_str(&format!(
-                    "; it did not pick up the request (is it stopped, or blocking {}?)",
-                    parse::signal_name(signo)
-                ));
-                if signal_blocked(pid, signo) == Some(true) {
-                    msg.push_str(&format!(
-                        "; it currently blocks {}",
-                        parse::signal_name(signo)
-                    ));
-                }
-            } else {
-                msg.push_str("; the image is still being written, or the writer died");
-            }
-            return Err(CliError::new(msg));
-        }
-        std::thread::sleep(sleep);
-        sleep = (sleep * 2).min(Duration::from_millis(20));
-    };
-    let parsed = control::parse_report(&text);
-    let _ = fs::remove_file(&report);
+    let parsed = wait_for_report(pid, &request, &report, args.timeout, signo)?;
     match parsed {
-        Err(e) => Err(CliError::new(format!(
-            "cannot understand the report of process {pid}: {e}"
-        ))),
-        Ok(Report::Error(e)) => Err(CliError::new(format!(
+        Report::Error(e) => Err(CliError::new(format!(
             "checkpoint of process {pid} failed: {e}"
         ))),
-        Ok(Report::Ok {
+        Report::Ok {
             path,
             bytes,
             pages,
@@ -164,7 +120,7 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
             write_ms,
             cow_faults,
             writer_peak,
-        }) => {
+        } => {
             let mut parts = Vec::new();
             if let Some(b) = bytes {
                 parts.push(fmt_bytes(b));
@@ -205,9 +161,113 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
     }
 }
 
+/// Waits for the report of request `request` (its file `report`) of process `pid`, then
+/// removes the report. Gives up at `timeout`, or soon after the process died without having
+/// picked up the request.
+pub fn wait_for_report(
+    pid: i32,
+    request: &Path,
+    report: &Path,
+    timeout: Duration,
+    signo: i32,
+) -> Result<Report, CliError> {
+    let started = Instant::now();
+    let mut sleep = Duration::from_millis(1);
+    let mut died_at: Option<Instant> = None;
+    let text = loop {
+        match fs::read_to_string(report) {
+            Ok(t) => break t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CliError::new(format!(
+                    "cannot read {}: {e}",
+                    report.display()
+                )))
+            }
+        }
+        if died_at.is_none() && !process_alive(pid) {
+            died_at = Some(Instant::now());
+        }
+        // A program that died after picking up the request (its request file is gone) has
+        // a writer that goes on and completes the image: wait for its report as usual. One
+        // that died before never will: give up after a moment.
+        if let Some(t) = died_at {
+            if request.exists() && t.elapsed() > Duration::from_secs(2) {
+                let _ = fs::remove_file(request);
+                return Err(CliError::new(format!(
+                    "process {pid} exited before the checkpoint was reported; no image"
+                )));
+            }
+        }
+        if started.elapsed() >= timeout {
+            let picked_up = !request.exists();
+            let _ = fs::remove_file(request);
+            let mut msg = format!(
+                "timed out after {} waiting for process {pid} to report the checkpoint",
+                fmt_duration(timeout)
+            );
+            if !picked_up {
+                msg.push_str(&format!(
+                    "; it did not pick up the request (is it stopped, or blocking {}?)",
+                    parse::signal_name(signo)
+                ));
+                if signal_blocked(pid, signo) == Some(true) {
+                    msg.push_str(&format!(
+                        "; it currently blocks {}",
+                        parse::signal_name(signo)
+                    ));
+                }
+            } else {
+                msg.push_str("; the image is still being written, or the writer died");
+            }
+            return Err(CliError::new(msg));
+        }
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(20));
+    };
+    let parsed = control::parse_report(&text);
+    let _ = fs::remove_file(report);
+    parsed.map_err(|e| {
+        CliError::new(format!(
+            "cannot understand the report of process {pid}: {e}"
+        ))
+    })
+}
+
+/// `DIR/PROG.PID.tree-N.fpk` in the root's image directory, N one more than any there.
+fn default_tree_output(pid: i32) -> Result<PathBuf, CliError> {
+    let env = TargetEnv::of_pid(pid);
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd"))
+        .map_err(|e| CliError::new(format!("cannot read the working directory of {pid}: {e}")))?;
+    let dir = match env.get("FORKPOINT_DIR") {
+        Some(d) if !d.is_empty() => cwd.join(d),
+        _ => cwd,
+    };
+    let prog = fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "program".into());
+    let prefix = format!("{prog}.{pid}.tree-");
+    let next = fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix(&prefix)?
+                    .strip_suffix(".fpk")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+        })
+        .unwrap_or(0)
+        + 1;
+    Ok(dir.join(format!("{prefix}{next}.fpk")))
+}
+
 /// Refuses targets that would not survive the signal: a process without the library (the
 /// default action of a realtime signal is to terminate), or one that does not catch it.
-fn check_target(pid: i32, signo: i32) -> Result<(), CliError> {
+pub fn check_target(pid: i32, signo: i32) -> Result<(), CliError> {
     match fs::read_to_string(format!("/proc/{pid}/maps")) {
         Ok(maps) => {
             let loaded = maps.lines().any(|l| {
@@ -304,7 +364,7 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-fn sigqueue(pid: i32, signo: i32, id: i32) -> io::Result<()> {
+pub fn sigqueue(pid: i32, signo: i32, id: i32) -> io::Result<()> {
     // The library reads `si_value.sival_int`; on little-endian x86-64 that is the low half
     // of the pointer member the libc crate exposes.
     let value = libc::sigval {
@@ -320,7 +380,7 @@ fn sigqueue(pid: i32, signo: i32, id: i32) -> io::Result<()> {
 }
 
 /// A request id in 1..=i32::MAX.
-fn random_id() -> Result<i32, CliError> {
+pub fn random_id() -> Result<i32, CliError> {
     let mut buf = [0u8; 4];
     // SAFETY: buf is a valid, writable 4-byte buffer for the duration of the call.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };

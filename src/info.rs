@@ -87,7 +87,17 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
         })
     })?;
     let regions = region_stats(&img.metadata);
-    let verified = if do_verify { Some(verify(&img)) } else { None };
+    let members = tree_members(path, &img)?;
+    let verified = if do_verify {
+        Some(
+            members
+                .iter()
+                .map(|(pid, m)| verify(m).map_err(|e| format!("process {pid}: {e}")))
+                .try_fold((0, 0), |(n, b), r| r.map(|(n2, b2)| (n + n2, b + b2))),
+        )
+    } else {
+        None
+    };
 
     if as_json {
         let mut obj = json!({
@@ -102,6 +112,17 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
             })).collect::<Vec<_>>(),
             "verified": verified.as_ref().map(|v| v.is_ok()),
         });
+        if img.metadata.tree.is_some() {
+            obj["shared_objects"] = json!(shared_objects(&members)
+                .iter()
+                .map(|(kind, ino, pids)| json!({"kind": kind, "inode": ino, "processes": pids}))
+                .collect::<Vec<_>>());
+            obj["members"] = json!(members
+                .iter()
+                .skip(1)
+                .map(|(pid, m)| json!({"pid": pid, "metadata": &m.metadata}))
+                .collect::<Vec<_>>());
+        }
         if let Some(Err(e)) = &verified {
             obj["verify_error"] = json!(e);
         }
@@ -110,6 +131,7 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
             serde_json::to_string_pretty(&obj).map_err(|e| CliError::new(e.to_string()))?
         );
     } else {
+        print!("{}", render_tree(&img, &members));
         print!("{}", render(path, &img, &regions));
         if let Some(Ok((n, b))) = &verified {
             println!("verified: {n} chunks, {b} bytes");
@@ -122,6 +144,94 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
         ))),
         _ => Ok(()),
     }
+}
+
+/// Every process of the image: the root (this image) and, for a tree, each member's image.
+fn tree_members(path: &Path, img: &ImageFile) -> Result<Vec<(i32, ImageFile)>, CliError> {
+    let mut out = vec![(
+        img.metadata.process.pid,
+        ImageFile::open(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))?,
+    )];
+    for t in img
+        .metadata
+        .tree
+        .iter()
+        .flat_map(|t| t.members.iter().skip(1))
+    {
+        let m = img.open_member(path, t.pid).map_err(|e| {
+            CliError::new(format!("{}: tree member {}: {e}", path.display(), t.pid))
+        })?;
+        out.push((t.pid, m));
+    }
+    Ok(out)
+}
+
+/// Pipes and socket pairs that more than one process of a tree holds: (kind, inode, pids).
+pub fn shared_objects(members: &[(i32, ImageFile)]) -> Vec<(&'static str, u64, Vec<i32>)> {
+    let mut seen: std::collections::BTreeMap<(&'static str, u64), Vec<i32>> = Default::default();
+    for (pid, m) in members {
+        for f in &m.metadata.fds {
+            let key = match &f.kind {
+                FdKind::Pipe { pipe: Some(p) } => ("pipe", p.ino),
+                FdKind::Socket { socket: Some(s) } if s.pair.is_some() => {
+                    // Both ends of a pair count as one object: its lower inode names it.
+                    ("socketpair", s.ino.min(s.pair.unwrap_or(s.ino)))
+                }
+                _ => continue,
+            };
+            let pids = seen.entry(key).or_default();
+            if !pids.contains(pid) {
+                pids.push(*pid);
+            }
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, pids)| pids.len() > 1)
+        .map(|((k, ino), pids)| (k, ino, pids))
+        .collect()
+}
+
+fn render_tree(img: &ImageFile, members: &[(i32, ImageFile)]) -> String {
+    let Some(tree) = &img.metadata.tree else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(
+        w,
+        "tree        {} processes; a restart runs them in a new PID namespace with these PIDs \
+         (from outside, the tree's root is a child of `forkpoint restart`, which passes its \
+         signals on and exits as the root does)",
+        tree.members.len()
+    );
+    let _ = writeln!(
+        w,
+        "  {:>7} {:>7} {:>7} {:>7} {:>5} {:>10}  program",
+        "pid", "ppid", "pgid", "sid", "thr", "bytes"
+    );
+    for t in &tree.members {
+        let _ = writeln!(
+            w,
+            "  {:>7} {:>7} {:>7} {:>7} {:>5} {:>10}  {}",
+            t.pid,
+            t.ppid,
+            t.pgid,
+            t.sid,
+            t.threads,
+            fmt_bytes(t.bytes),
+            shell_words(&t.cmdline)
+        );
+    }
+    for (kind, ino, pids) in shared_objects(members) {
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            w,
+            "  shared    {kind} inode {ino}: processes {}",
+            pids.join(", ")
+        );
+    }
+    let _ = writeln!(w, "root process:");
+    s
 }
 
 fn render(path: &Path, img: &ImageFile, regions: &[RegionStats]) -> String {

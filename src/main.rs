@@ -6,6 +6,7 @@ mod control;
 mod info;
 mod parse;
 mod run;
+mod tree;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ enum Command {
         /// Kill the process (SIGKILL) once the image is durable.
         #[arg(long)]
         kill: bool,
+        /// Checkpoint the process and all its descendants together, into one image (each
+        /// must run the library).
+        #[arg(long)]
+        tree: bool,
         /// The process to checkpoint.
         #[arg(value_name = "PID", allow_negative_numbers = true)]
         pid: i32,
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
             output,
             timeout,
             kill,
+            tree,
             pid,
         } => (
             "checkpoint",
@@ -147,6 +153,7 @@ fn main() -> ExitCode {
                 output,
                 timeout,
                 kill,
+                tree,
             })
             .map(|path| println!("{path}")),
         ),

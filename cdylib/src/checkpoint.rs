@@ -14,6 +14,7 @@
 use core::ffi::c_void;
 use core::sync::atomic::Ordering;
 
+use crate::barrier::Barrier;
 use crate::capture::{
     capture_fd_offsets, capture_thread, capture_timers, close_pipe_copies, copy_shared_memory,
     drop_shared_copies, lift_fork_advice, restore_fork_advice,
@@ -235,6 +236,11 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
         return;
     }
 
+    // A member of a tree checkpoint: `forkpoint checkpoint` left a barrier for it.
+    let barrier = match trigger {
+        Trigger::Request => Barrier::open(pid, id),
+        _ => None,
+    };
     let t_quiesce = sys::monotonic_ns();
     let n_threads = match stop_other_threads(&mut leader, rt, pid, me) {
         Ok(n) => n,
@@ -245,6 +251,14 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
             return;
         }
     };
+    if let Some(b) = &barrier {
+        if let Err(msg) = b.arrive(pid) {
+            release_threads();
+            fail(report_path.as_bytes(), trigger, msg.as_bytes());
+            finish_checkpoint(leader);
+            return;
+        }
+    }
     let t_capture = sys::monotonic_ns();
 
     // Slot 0 is the leader's; the others are only read from here on.
@@ -260,6 +274,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
     cap.time_unix_ns = sys::clock_ns(libc::CLOCK_REALTIME);
     cap.report_path.clear();
     cap.report_path.push(report_path.as_bytes());
+    cap.barrier_page = barrier.as_ref().map_or(0, Barrier::addr);
     slots[0].tid = me;
     capture_thread(&mut slots[0], rt, uctx);
     cap.shared_pending = slots[..n_threads].iter().fold(!0u64, |a, t| a & t.pending);
@@ -290,6 +305,9 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
         Forked::Parent(child) => {
             restore_fork_advice(cap);
             drop_shared_copies(cap);
+            if let Some(b) = &barrier {
+                b.forked();
+            }
             release_threads();
             close_pipe_copies(cap);
             WRITER_PID.store(child, Ordering::SeqCst);
@@ -315,6 +333,9 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
             }
         }
         Forked::Restored => {
+            // The barrier page is not in the image: nothing to unmap here.
+            core::mem::forget(barrier);
+            cap.barrier_page = 0;
             raise_pending(slots[0].pending & !cap.shared_pending, false);
             raise_pending(cap.shared_pending, true);
             after_restore(cap, trigger);

@@ -14,6 +14,8 @@
 
 #[allow(unsafe_code)] // the writer's bump allocator over its own mapping
 mod arena;
+#[allow(unsafe_code)] // the tree checkpoint's barrier: atomics on a page shared between processes
+mod barrier;
 #[allow(unsafe_code)] // the signal frame's registers, copies of shared memory and pipes
 mod capture;
 #[allow(unsafe_code)] // the leader's stack switch, the fork, the writer's report path

@@ -131,6 +131,9 @@ pub struct Capture {
     pub generation: u64,
     pub t_start_ns: u64,
     pub time_unix_ns: u64,
+    /// The tree checkpoint's barrier page (0: none): the writer unmaps its copy first, so
+    /// the image does not hold it.
+    pub barrier_page: usize,
     pub fd_offsets: [(i32, i64); MAX_FDS],
     pub n_fds: usize,
     pub fds_truncated: bool,
@@ -175,6 +178,7 @@ pub static CAPTURE: Global<Capture> = Global::new(Capture {
     generation: 0,
     t_start_ns: 0,
     time_unix_ns: 0,
+    barrier_page: 0,
     fd_offsets: [(0, 0); MAX_FDS],
     n_fds: 0,
     fds_truncated: false,

@@ -481,6 +481,28 @@ fn futex_wait_op(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: u64
     let _ = unsafe { sc!(libc::SYS_futex, word.as_ptr(), op, val, tsp, 0, 0) };
 }
 
+/// As `futex_wait`, on a word in memory shared with other processes (a tree checkpoint's
+/// barrier).
+pub fn futex_wait_shared(word: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: u64) {
+    futex_wait_op(word, val, timeout_ns, libc::FUTEX_WAIT)
+}
+
+/// Wakes every waiter on a word shared with other processes.
+pub fn futex_wake_shared(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: word is a valid aligned u32.
+    let _ = unsafe {
+        sc!(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            0,
+            0,
+            0
+        )
+    };
+}
+
 pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
     // SAFETY: word is a valid aligned u32.
     let _ = unsafe {

@@ -44,6 +44,10 @@ pub extern "C" fn writer_main() -> ! {
         // only mutable borrow, ended before the shared one below.
         let cap = unsafe { &mut *CAPTURE.get() };
         let (pid, id) = (cap.pid, cap.request_id);
+        if cap.barrier_page != 0 {
+            // SAFETY: the barrier page is the parent's; this copy of it is unused here.
+            let _ = unsafe { sys::munmap(cap.barrier_page, crate::barrier::PAGE) };
+        }
         choose_output_path(cap, rt, pid, id);
     }
     // SAFETY: the child has one thread and the parent no longer writes this copy.

@@ -27,7 +27,9 @@ pub mod types;
 pub mod validate;
 
 pub use build::{rewrite_header, rewrite_metadata, write_image, ImageBuilder};
-pub use read::{decode_metadata, parse_footer, parse_header, ImageFile, ReadAt, ReadError};
+pub use read::{
+    decode_metadata, parse_footer, parse_header, FileRange, ImageFile, ReadAt, ReadError,
+};
 pub use types::*;
 pub use validate::{validate_metadata, ValidationError};
 
@@ -38,7 +40,13 @@ pub const FOOTER_MAGIC: [u8; 8] = *b"FPKINDEX";
 /// Format major version: a reader refuses any other major.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version: a reader refuses a newer minor (it may hold fields it would ignore).
-pub const FORMAT_MINOR: u16 = 1;
+/// 1.2 added process trees ([`TreeInfo`]); a single process's image is still written as 1.1,
+/// so readers that predate trees keep reading it.
+pub const FORMAT_MINOR: u16 = 2;
+/// The minor version of a single process's image.
+pub const FORMAT_MINOR_SINGLE: u16 = 1;
+/// The minor version of a process tree's image (the first to have [`Metadata::tree`]).
+pub const FORMAT_MINOR_TREE: u16 = 2;
 pub const HEADER_LEN: usize = 64;
 pub const FOOTER_LEN: usize = 64;
 pub const PAGE_SIZE: u64 = 4096;
@@ -106,9 +114,17 @@ impl Header {
     pub fn current() -> Self {
         Header {
             major: FORMAT_MAJOR,
-            minor: FORMAT_MINOR,
+            minor: FORMAT_MINOR_SINGLE,
             flags: 0,
             page_size: PAGE_SIZE,
+        }
+    }
+
+    /// The header of a process tree's image.
+    pub fn tree() -> Self {
+        Header {
+            minor: FORMAT_MINOR_TREE,
+            ..Header::current()
         }
     }
 

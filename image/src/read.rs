@@ -186,6 +186,30 @@ impl ReadAt for Vec<u8> {
     }
 }
 
+/// A part of a file: a tree member's image inside the tree's image. Offsets are relative to
+/// the part's start.
+pub struct FileRange {
+    file: File,
+    start: u64,
+    len: u64,
+}
+
+impl ReadAt for FileRange {
+    fn total_len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+    fn read_fully_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the image",
+            ));
+        }
+        FileExt::read_exact_at(&self.file, buf, self.start + offset)
+    }
+}
+
 impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn total_len(&self) -> io::Result<u64> {
         (**self).total_len()
@@ -195,8 +219,9 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     }
 }
 
-/// An open, validated image, read from a file (the default) or any other [`ReadAt`].
-pub struct ImageFile<R = File> {
+/// An open, validated image, read from a file or a part of one (the default) or any other
+/// [`ReadAt`].
+pub struct ImageFile<R = FileRange> {
     pub header: Header,
     pub footer: Footer,
     pub metadata: Metadata,
@@ -213,9 +238,39 @@ impl<R> fmt::Debug for ImageFile<R> {
     }
 }
 
-impl ImageFile<File> {
+impl ImageFile<FileRange> {
     /// Opens `path`, checks header, footer, metadata checksum and consistency.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
+        Self::open_range(path, None)
+    }
+
+    /// Opens the image of tree member `pid` in the tree image `tree` (the root's image is
+    /// the tree's own), with the same checks as [`ImageFile::open`].
+    pub fn open_member(&self, path: &Path, pid: i32) -> Result<Self, ReadError> {
+        let member = self
+            .metadata
+            .tree
+            .as_ref()
+            .and_then(|t| t.members.iter().find(|m| m.pid == pid))
+            .ok_or_else(|| {
+                ReadError::Invalid(ValidationError(format!(
+                    "the image holds no tree member with pid {pid}"
+                )))
+            })?;
+        if member.image_offset == 0 {
+            return Self::open_range(path, None);
+        }
+        let img = Self::open_range(path, Some((member.image_offset, member.image_len)))?;
+        if img.metadata.tree.is_some() || img.metadata.process.pid != pid {
+            return Err(ReadError::Invalid(ValidationError(format!(
+                "the image of tree member {pid} (file offset {}) is not that process's",
+                member.image_offset
+            ))));
+        }
+        Ok(img)
+    }
+
+    fn open_range(path: &Path, range: Option<(u64, u64)>) -> Result<Self, ReadError> {
         let file = File::open(path)
             .map_err(|e| ReadError::Io(format!("cannot open {}", path.display()), e))?;
         let meta = file
@@ -227,11 +282,12 @@ impl ImageFile<File> {
                 io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
             ));
         }
-        Self::from_reader(file)
+        let (start, len) = range.unwrap_or((0, meta.len()));
+        Self::from_reader(FileRange { file, start, len })
     }
 
     pub fn file(&self) -> &File {
-        &self.source
+        &self.source.file
     }
 }
 
@@ -271,6 +327,15 @@ impl<R: ReadAt> ImageFile<R> {
         }
         let metadata = decode_metadata(&mb)?;
         validate_metadata(&metadata, footer.metadata_offset).map_err(ReadError::Invalid)?;
+        if metadata.tree.is_some() && header.minor < crate::FORMAT_MINOR_TREE {
+            return Err(ReadError::Invalid(ValidationError(format!(
+                "a process tree in an image of format {}.{} (trees need {}.{})",
+                header.major,
+                header.minor,
+                crate::FORMAT_MAJOR,
+                crate::FORMAT_MINOR_TREE
+            ))));
+        }
         Ok(ImageFile {
             header,
             footer,

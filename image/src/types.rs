@@ -41,6 +41,36 @@ pub struct Metadata {
     pub stats: Stats,
     /// Things the writer could not capture faithfully, in words a user can act on.
     pub warnings: Vec<String>,
+    /// A process tree (format 1.2): this image's process is the root; every other member's
+    /// whole image is embedded in this file. Absent for a single process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeInfo>,
+}
+
+/// The processes of a tree image, parents before their children; the first is the root.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TreeInfo {
+    pub members: Vec<TreeMember>,
+}
+
+/// One process of a tree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TreeMember {
+    pub pid: i32,
+    /// The parent's PID; for the root, its parent outside the tree.
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// `/proc/PID/exe` and the command line, for `forkpoint info`.
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub threads: u32,
+    /// Bytes of memory the member's image holds (uncompressed).
+    pub bytes: u64,
+    /// Where the member's whole image (header to footer) lies in this file; the root's is
+    /// the file itself (offset 0, the file's length).
+    pub image_offset: u64,
+    pub image_len: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -96,6 +96,78 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
     validate_rlimits(m)?;
     validate_mm(m)?;
     validate_misc(m)?;
+    validate_tree(m, chunks_end)?;
+    Ok(())
+}
+
+/// Most processes a tree image holds.
+pub const MAX_TREE_MEMBERS: usize = 4096;
+
+/// The root is this image's process at offset 0; every other member's image lies after the
+/// root's data, page-aligned, inside the data area, apart from every other; parents come
+/// before their children.
+fn validate_tree(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> {
+    let Some(tree) = &m.tree else { return Ok(()) };
+    let members = &tree.members;
+    if members.is_empty() || members.len() > MAX_TREE_MEMBERS {
+        return err(format!(
+            "a tree of {} processes: must be 1 to {MAX_TREE_MEMBERS}",
+            members.len()
+        ));
+    }
+    let root = &members[0];
+    if root.pid != m.process.pid || root.image_offset != 0 {
+        return err(format!(
+            "the tree's first member (pid {}) is not this image's process (pid {})",
+            root.pid, m.process.pid
+        ));
+    }
+    let root_data_end = m
+        .chunks
+        .iter()
+        .map(|c| c.offset.saturating_add(c.stored_len))
+        .chain(m.blobs.iter().map(|b| b.offset.saturating_add(b.len)))
+        .max()
+        .unwrap_or(crate::FIRST_CHUNK_OFFSET);
+    let mut ranges = Vec::with_capacity(members.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in members.iter().enumerate() {
+        if t.pid <= 0 || !seen.insert(t.pid) {
+            return err(format!(
+                "tree member {i}: pid {} is invalid or repeated",
+                t.pid
+            ));
+        }
+        if i == 0 {
+            continue;
+        }
+        if !members[..i].iter().any(|p| p.pid == t.ppid) {
+            return err(format!(
+                "tree member {i} (pid {}): its parent {} is not an earlier member",
+                t.pid, t.ppid
+            ));
+        }
+        let end = t.image_offset.checked_add(t.image_len);
+        let min_len = crate::FIRST_CHUNK_OFFSET + crate::FOOTER_LEN as u64;
+        if t.image_offset < root_data_end
+            || !t.image_offset.is_multiple_of(crate::PAGE_SIZE)
+            || t.image_len < min_len
+            || end.is_none_or(|e| e > chunks_end)
+        {
+            return err(format!(
+                "tree member {i} (pid {}): its image at {}+{} lies outside the data area",
+                t.pid, t.image_offset, t.image_len
+            ));
+        }
+        ranges.push((t.image_offset, t.image_offset + t.image_len, t.pid));
+    }
+    ranges.sort_unstable();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+        return err(format!(
+            "the images of tree members {} and {} overlap",
+            w[0].2, w[1].2
+        ));
+    }
     Ok(())
 }
 

@@ -297,7 +297,10 @@ fn metadata() -> impl Strategy<Value = Metadata> {
         proptest::collection::vec(sig, v(4)),
         proptest::collection::vec(rl, v(4)),
         stats,
-        proptest::collection::vec(text(), v(3)),
+        (
+            proptest::collection::vec(text(), v(3)),
+            proptest::option::of(tree()),
+        ),
     )
         .prop_map(
             |(
@@ -309,7 +312,7 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 signals,
                 rlimits,
                 stats,
-                warnings,
+                (warnings, tree),
             )| Metadata {
                 process,
                 checkpoint,
@@ -329,8 +332,32 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 rlimits,
                 stats,
                 warnings,
+                tree,
             },
         )
+}
+
+fn tree() -> impl Strategy<Value = TreeInfo> {
+    let member = (
+        any::<[i32; 4]>(),
+        text(),
+        proptest::collection::vec(text(), 0..2),
+        any::<u32>(),
+        any::<[u64; 3]>(),
+    )
+        .prop_map(|(ids, exe, cmdline, threads, n)| TreeMember {
+            pid: ids[0],
+            ppid: ids[1],
+            pgid: ids[2],
+            sid: ids[3],
+            exe,
+            cmdline,
+            threads,
+            bytes: n[0],
+            image_offset: n[1],
+            image_len: n[2],
+        });
+    proptest::collection::vec(member, 0..3).prop_map(|members| TreeInfo { members })
 }
 
 proptest! {

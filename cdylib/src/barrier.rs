@@ -1,0 +1,132 @@
+//! The barrier of a tree checkpoint: every member of a process tree stops its threads, then
+//! waits until all members have; all capture and fork; none runs on until all have forked.
+//! So no member reads or writes a pipe, socket or shared memory of another between the
+//! first capture and the last fork: one consistent cut. `forkpoint checkpoint` on the root
+//! coordinates: it creates one page in the runtime directory, links it into every member's
+//! directory as `barrier.<request id>`, and moves the phase on as the counts fill.
+//!
+//! Page layout (little-endian u32 words; the CLI's `tree` module writes the same):
+//! 0 magic, 1 members, 2 arrived, 3 phase, 4 forked, 5 timeout in ms, 16.. the PIDs of the
+//! arrived members in arrival order.
+//!
+//! Runs in the leader's signal handler. Allowed: the raw syscalls of `sys`, atomics on the
+//! shared page. Not allowed: allocation, stdio, locks.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::fixbuf::FixBuf;
+use crate::report;
+use crate::sys;
+
+pub const MAGIC: u32 = 0x5442_5046; // "FPBT"
+pub const PAGE: usize = 4096;
+pub const W_MEMBERS: usize = 1;
+pub const W_ARRIVED: usize = 2;
+pub const W_PHASE: usize = 3;
+pub const W_FORKED: usize = 4;
+pub const W_TIMEOUT_MS: usize = 5;
+pub const W_PIDS: usize = 16;
+/// Phases the coordinator sets.
+pub const PHASE_GATHER: u32 = 0;
+pub const PHASE_FORK: u32 = 1;
+pub const PHASE_RELEASE: u32 = 2;
+// Any other phase (the CLI writes 3) abandons the checkpoint.
+
+/// A mapped barrier page, unmapped on drop.
+pub struct Barrier {
+    addr: usize,
+}
+
+impl Barrier {
+    /// The barrier of request `id`, if `forkpoint checkpoint` made one for this process.
+    pub fn open(pid: i32, id: u64) -> Option<Barrier> {
+        let mut path = FixBuf::<4096>::new();
+        report::runtime_file(&mut path, pid, "barrier", id);
+        let fd = sys::open(
+            path.as_cstr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0,
+        )
+        .ok()?;
+        // A page we own (the directory is private), of the right size.
+        let ok = sys::fstat(fd)
+            .is_ok_and(|st| st.st_uid == sys::getuid() && st.st_size as usize == PAGE);
+        // SAFETY: no MAP_FIXED: the kernel picks a free range.
+        let addr = ok.then(|| unsafe {
+            sys::mmap(
+                0,
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        });
+        sys::close(fd);
+        let addr = addr?.ok()?;
+        let b = Barrier { addr };
+        (b.word(0).load(Ordering::SeqCst) == MAGIC).then_some(b)
+    }
+
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    fn word(&self, i: usize) -> &AtomicU32 {
+        debug_assert!(i < PAGE / 4);
+        // SAFETY: the page is mapped read-write for the life of `self`, 4-aligned; other
+        // processes access it only atomically too.
+        unsafe { &*((self.addr + 4 * i) as *const AtomicU32) }
+    }
+
+    fn timeout_ns(&self) -> u64 {
+        self.word(W_TIMEOUT_MS).load(Ordering::SeqCst).max(1) as u64 * 1_000_000
+    }
+
+    /// Waits until the phase is past `phase`; returns the new phase, or None at the timeout.
+    fn wait_past(&self, phase: u32) -> Option<u32> {
+        let deadline = sys::monotonic_ns() + self.timeout_ns();
+        loop {
+            let now = self.word(W_PHASE).load(Ordering::SeqCst);
+            if now != phase {
+                return Some(now);
+            }
+            let left = deadline.saturating_sub(sys::monotonic_ns());
+            if left == 0 {
+                return None;
+            }
+            sys::futex_wait_shared(self.word(W_PHASE), phase, left.min(100_000_000));
+        }
+    }
+
+    /// This member's threads are stopped: say so, and wait until every member's are.
+    /// Err: the coordinator gave up (a member never arrived) or went away.
+    pub fn arrive(&self, pid: i32) -> Result<(), &'static str> {
+        let n = self.word(W_MEMBERS).load(Ordering::SeqCst) as usize;
+        let slot = self.word(W_ARRIVED).fetch_add(1, Ordering::SeqCst) as usize;
+        if slot < n && W_PIDS + slot < PAGE / 4 {
+            self.word(W_PIDS + slot).store(pid as u32, Ordering::SeqCst);
+        }
+        sys::futex_wake_shared(self.word(W_ARRIVED));
+        match self.wait_past(PHASE_GATHER) {
+            Some(PHASE_FORK) | Some(PHASE_RELEASE) => Ok(()),
+            Some(_) => Err("the tree checkpoint was abandoned: another member did not stop"),
+            None => Err("the tree checkpoint timed out waiting for the other members"),
+        }
+    }
+
+    /// This member has forked its writer: say so, and wait until every member has (on a
+    /// timeout or abort, run on: the writer's image is simply not used).
+    pub fn forked(&self) {
+        self.word(W_FORKED).fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_shared(self.word(W_FORKED));
+        let _ = self.wait_past(PHASE_FORK);
+    }
+}
+
+impl Drop for Barrier {
+    fn drop(&mut self) {
+        // SAFETY: the page is ours and nothing refers to it after drop.
+        let _ = unsafe { sys::munmap(self.addr, PAGE) };
+    }
+}

@@ -1,0 +1,576 @@
+//! `forkpoint checkpoint --tree`: checkpoint a process and every descendant at one
+//! consistent cut, into one image.
+//!
+//! The steps: find the tree (parents before children) and check that every member runs the
+//! library; leave each a request and a link to one shared barrier page; signal them all;
+//! move the barrier's phase on as the members stop (gather), capture and fork (fork), then
+//! let them run (release); wait for every member's report; embed the members' images in the
+//! root's and give the result its final name. The library's side is `cdylib/src/barrier.rs`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use forkpoint_image::{
+    encode_metadata, Footer, Header, ImageFile, TreeInfo, TreeMember, FOOTER_LEN,
+    METADATA_ENCODING_JSON, PAGE_SIZE,
+};
+
+use crate::checkpoint::{check_target, fmt_duration, process_alive, random_id, sigqueue};
+use crate::control::{self, Report, TargetEnv};
+use crate::{fmt_bytes, parse, CliError};
+
+// The barrier page; the same layout as the library's (cdylib/src/barrier.rs).
+const MAGIC: u32 = 0x5442_5046;
+const PAGE: usize = 4096;
+const W_MAGIC: usize = 0;
+const W_MEMBERS: usize = 1;
+const W_ARRIVED: usize = 2;
+const W_PHASE: usize = 3;
+const W_FORKED: usize = 4;
+const W_TIMEOUT_MS: usize = 5;
+const W_PIDS: usize = 16;
+const PHASE_FORK: u32 = 1;
+const PHASE_RELEASE: u32 = 2;
+const PHASE_ABORT: u32 = 3;
+/// Most members the barrier page has room for.
+pub const MAX_MEMBERS: usize = PAGE / 4 - W_PIDS;
+
+/// A process as `/proc/PID/stat` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+}
+
+/// Parses `/proc/PID/stat` (the command name may hold spaces and parentheses).
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let mut rest = text.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let pgid = rest.next()?.parse().ok()?;
+    let sid = rest.next()?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        comm,
+        state,
+        ppid,
+        pgid,
+        sid,
+    })
+}
+
+/// `root` and its descendants among `all`, parents before children (breadth first).
+pub fn tree_of(root: i32, all: &[ProcStat]) -> Vec<ProcStat> {
+    let mut out: Vec<ProcStat> = all.iter().filter(|p| p.pid == root).cloned().collect();
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i].pid;
+        let mut kids: Vec<ProcStat> = all.iter().filter(|p| p.ppid == parent).cloned().collect();
+        kids.sort_by_key(|p| p.pid);
+        out.extend(kids);
+        i += 1;
+    }
+    out
+}
+
+fn all_processes() -> Vec<ProcStat> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let name = e.ok()?.file_name();
+        let pid: i32 = name.to_str()?.parse().ok()?;
+        parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    })
+    .collect()
+}
+
+/// The barrier page, mapped shared with the members.
+struct BarrierPage {
+    addr: *mut u8,
+}
+
+impl BarrierPage {
+    fn map(file: &File) -> io::Result<BarrierPage> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a new shared mapping of our own file; no MAP_FIXED.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(BarrierPage { addr: addr.cast() })
+    }
+
+    fn word(&self, i: usize) -> &AtomicU32 {
+        assert!(i < PAGE / 4);
+        // SAFETY: the page is mapped for the life of self, 4-aligned; the members access it
+        // atomically too.
+        unsafe { &*(self.addr.add(4 * i) as *const AtomicU32) }
+    }
+
+    fn set_phase(&self, phase: u32) {
+        self.word(W_PHASE).store(phase, Ordering::SeqCst);
+        // SAFETY: FUTEX_WAKE on a valid word has no memory effects.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.word(W_PHASE).as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                0,
+                0,
+                0,
+            )
+        };
+    }
+
+    /// Waits until word `i` reaches `n` or `deadline`; true if it did.
+    fn wait_count(
+        &self,
+        i: usize,
+        n: u32,
+        deadline: Instant,
+        alive: &mut dyn FnMut() -> bool,
+    ) -> bool {
+        loop {
+            let v = self.word(i).load(Ordering::SeqCst);
+            if v >= n {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || !alive() {
+                return false;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            let ts = libc::timespec {
+                tv_sec: wait.as_secs() as i64,
+                tv_nsec: wait.subsec_nanos() as i64,
+            };
+            // SAFETY: FUTEX_WAIT on a valid word with a valid timeout.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.word(i).as_ptr(),
+                    libc::FUTEX_WAIT,
+                    v,
+                    &ts as *const libc::timespec,
+                    0,
+                    0,
+                )
+            };
+        }
+    }
+
+    fn arrived_pids(&self) -> Vec<i32> {
+        let n = (self.word(W_ARRIVED).load(Ordering::SeqCst) as usize).min(MAX_MEMBERS);
+        (0..n)
+            .map(|k| self.word(W_PIDS + k).load(Ordering::SeqCst) as i32)
+            .collect()
+    }
+}
+
+impl Drop for BarrierPage {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unused after this.
+        unsafe { libc::munmap(self.addr.cast(), PAGE) };
+    }
+}
+
+pub struct TreeArgs {
+    pub root: i32,
+    pub output: PathBuf,
+    pub timeout: Duration,
+    pub kill: bool,
+}
+
+/// Files of the request, removed however the checkpoint ends.
+struct Cleanup {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for f in &self.files {
+            let _ = fs::remove_file(f);
+        }
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn name_of(p: &ProcStat) -> String {
+    format!("{} ({})", p.pid, p.comm)
+}
+
+/// Checkpoints the tree under `args.root`. Returns the image's path.
+pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
+    let t0 = Instant::now();
+    let root = args.root;
+    let members = tree_of(root, &all_processes());
+    if members.is_empty() {
+        return Err(CliError::new(format!("no process with PID {root}")));
+    }
+    if members.len() > MAX_MEMBERS {
+        return Err(CliError::new(format!(
+            "the tree under {root} has {} processes; at most {MAX_MEMBERS} can be checkpointed together",
+            members.len()
+        )));
+    }
+    let mut signals = Vec::new();
+    for m in &members {
+        if m.state == 'Z' {
+            return Err(CliError::new(format!(
+                "process {} of the tree is a zombie not yet reaped by its parent: trees with \
+                 zombies are not checkpointed yet",
+                name_of(m)
+            )));
+        }
+        let env = TargetEnv::of_pid(m.pid);
+        let signo = match env.get("FORKPOINT_SIGNAL") {
+            Some(s) => parse::parse_signal(s)
+                .map_err(|e| CliError::new(format!("FORKPOINT_SIGNAL in {}: {e}", env.source)))?,
+            None => parse::DEFAULT_SIGNAL,
+        };
+        check_target(m.pid, signo).map_err(|e| {
+            CliError::new(format!(
+                "process {} of the tree cannot be checkpointed: {}",
+                name_of(m),
+                e.message
+            ))
+        })?;
+        signals.push(signo);
+    }
+
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let base = control::runtime_base(&TargetEnv::of_pid(root), uid);
+    control::ensure_private_dir(&base, uid).map_err(CliError::new)?;
+    for m in &members {
+        control::ensure_private_dir(&base.join(m.pid.to_string()), uid).map_err(CliError::new)?;
+    }
+    let id = random_id()?;
+    let out_dir = args.output.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let out_name = args
+        .output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tree.fpk".into());
+    let stage = out_dir.join(format!(".{out_name}.members-{id}"));
+    let mut cleanup = Cleanup {
+        files: Vec::new(),
+        dirs: Vec::new(),
+    };
+    fs::create_dir(&stage)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", stage.display())))?;
+    cleanup.dirs.push(stage.clone());
+
+    // The barrier, linked into every member's runtime directory.
+    let barrier_path = base.join(root.to_string()).join(format!("barrier.{id}"));
+    let barrier_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&barrier_path)
+        .map_err(|e| CliError::new(format!("cannot create {}: {e}", barrier_path.display())))?;
+    cleanup.files.push(barrier_path.clone());
+    let mut page = vec![0u8; PAGE];
+    for (w, v) in [
+        (W_MAGIC, MAGIC),
+        (W_MEMBERS, members.len() as u32),
+        (
+            W_TIMEOUT_MS,
+            args.timeout.as_millis().min(u32::MAX as u128) as u32,
+        ),
+    ] {
+        page[4 * w..4 * w + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    barrier_file
+        .write_all_at(&page, 0)
+        .map_err(|e| CliError::new(format!("cannot write {}: {e}", barrier_path.display())))?;
+    let barrier = BarrierPage::map(&barrier_file)
+        .map_err(|e| CliError::new(format!("cannot map {}: {e}", barrier_path.display())))?;
+    let mut requests = Vec::new();
+    for m in &members {
+        let dir = base.join(m.pid.to_string());
+        if m.pid != root {
+            let link = dir.join(format!("barrier.{id}"));
+            fs::hard_link(&barrier_path, &link)
+                .map_err(|e| CliError::new(format!("cannot link {}: {e}", link.display())))?;
+            cleanup.files.push(link);
+        }
+        let image = stage.join(format!("{}.fpk", m.pid));
+        control::write_atomically(
+            &dir,
+            &format!("request.{id}"),
+            image.to_string_lossy().as_bytes(),
+        )
+        .map_err(CliError::new)?;
+        let request = dir.join(format!("request.{id}"));
+        cleanup.files.push(request.clone());
+        requests.push((request, dir.join(format!("report.{id}")), image));
+    }
+
+    // Signal everyone, then run the barrier.
+    for (m, &signo) in members.iter().zip(&signals) {
+        if let Err(e) = sigqueue(m.pid, signo, id) {
+            barrier.set_phase(PHASE_ABORT);
+            return Err(CliError::new(format!(
+                "cannot signal process {} of the tree: {e}",
+                name_of(m)
+            )));
+        }
+    }
+    let n = members.len() as u32;
+    let deadline = Instant::now() + args.timeout;
+    let mut gone = None;
+    let mut alive = || {
+        let dead = members.iter().find(|m| !process_alive(m.pid));
+        gone = dead.cloned();
+        dead.is_none()
+    };
+    if !barrier.wait_count(W_ARRIVED, n, deadline, &mut alive) {
+        barrier.set_phase(PHASE_ABORT);
+        if let Some(m) = gone {
+            return Err(CliError::new(format!(
+                "process {} of the tree exited during the checkpoint; no image (the others run on)",
+                name_of(&m)
+            )));
+        }
+        let arrived = barrier.arrived_pids();
+        let missing: Vec<String> = members
+            .iter()
+            .filter(|m| !arrived.contains(&m.pid))
+            .map(name_of)
+            .collect();
+        return Err(CliError::new(format!(
+            "timed out after {}: {} of the tree did not stop for the checkpoint (blocking the \
+             checkpoint signal, or stopped?); everyone was released, no image",
+            fmt_duration(args.timeout),
+            missing.join(", ")
+        )));
+    }
+    let t_stopped = t0.elapsed();
+    barrier.set_phase(PHASE_FORK);
+    let forked = barrier.wait_count(W_FORKED, n, deadline, &mut || true);
+    barrier.set_phase(if forked { PHASE_RELEASE } else { PHASE_ABORT });
+
+    // Every member's report.
+    let mut pause_us = 0u64;
+    let mut failures = Vec::new();
+    for (m, (request, report, _)) in members.iter().zip(&requests) {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        match crate::checkpoint::wait_for_report(m.pid, request, report, left, signals[0]) {
+            Ok(Report::Ok { pause_us: p, .. }) => pause_us = pause_us.max(p.unwrap_or(0)),
+            Ok(Report::Error(e)) => failures.push(format!("{}: {e}", name_of(m))),
+            Err(e) => failures.push(format!("{}: {}", name_of(m), e.message)),
+        }
+    }
+    if !forked && failures.is_empty() {
+        failures.push("not every member forked its writer in time".into());
+    }
+    if !failures.is_empty() {
+        return Err(CliError::new(format!(
+            "checkpoint of the tree under {root} failed (the processes run on, no image): {}",
+            failures.join("; ")
+        )));
+    }
+
+    let images: Vec<&Path> = requests.iter().map(|(_, _, i)| i.as_path()).collect();
+    let bytes = assemble(&members, &images, &args.output, id)?;
+    eprintln!(
+        "forkpoint: checkpoint of the tree under {root} ({} processes) written: {}, all \
+         stopped after {:.3} ms, longest pause {:.3} ms, durable after {} ms",
+        members.len(),
+        fmt_bytes(bytes),
+        t_stopped.as_secs_f64() * 1e3,
+        pause_us as f64 / 1e3,
+        t0.elapsed().as_millis()
+    );
+    drop(cleanup);
+    if args.kill {
+        // Children first, so no parent reacts to a child's death before it dies itself.
+        for m in members.iter().rev() {
+            // SAFETY: kill with a valid signal has no memory-safety preconditions.
+            unsafe { libc::kill(m.pid, libc::SIGKILL) };
+        }
+        eprintln!(
+            "forkpoint: killed the {} processes of the tree",
+            members.len()
+        );
+    }
+    Ok(args.output.display().to_string())
+}
+
+fn pad_to_page(f: &mut File) -> io::Result<u64> {
+    let pos = f.seek(SeekFrom::End(0))?;
+    let padded = pos.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    if padded > pos {
+        f.write_all(&vec![0u8; (padded - pos) as usize])?;
+    }
+    Ok(padded)
+}
+
+/// The tree image: the root's image up to its metadata, each other member's whole image
+/// (page-aligned), the root's metadata with the tree, a footer. Written under a temporary
+/// name, made durable, then renamed. Returns its size.
+fn assemble(
+    members: &[ProcStat],
+    images: &[&Path],
+    output: &Path,
+    id: i32,
+) -> Result<u64, CliError> {
+    let err = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+        CliError::new(format!("{what} {}: {e}", p.display()))
+    };
+    let root_img = ImageFile::open(images[0]).map_err(|e| err("cannot read", images[0], &e))?;
+    let tmp = output.with_file_name(format!(
+        ".{}.tmp-{id}",
+        output
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let result = (|| -> Result<u64, CliError> {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| err("cannot create", &tmp, &e))?;
+        let io_err = |e: io::Error| err("cannot write", &tmp, &e);
+        let mut root_file = File::open(images[0]).map_err(|e| err("cannot read", images[0], &e))?;
+        io::copy(
+            &mut (&mut root_file).take(root_img.footer.metadata_offset),
+            &mut out,
+        )
+        .map_err(io_err)?;
+        let mut tree = TreeInfo::default();
+        for (i, (m, path)) in members.iter().zip(images).enumerate() {
+            let img = ImageFile::open(path).map_err(|e| err("cannot read", path, &e))?;
+            let (image_offset, image_len) = if i == 0 {
+                (0, 0)
+            } else {
+                let at = pad_to_page(&mut out).map_err(io_err)?;
+                let mut f = File::open(path).map_err(|e| err("cannot read", path, &e))?;
+                let len = io::copy(&mut f, &mut out).map_err(io_err)?;
+                (at, len)
+            };
+            let meta = &img.metadata;
+            tree.members.push(TreeMember {
+                pid: meta.process.pid,
+                ppid: if i == 0 { meta.process.ppid } else { m.ppid },
+                pgid: m.pgid,
+                sid: m.sid,
+                exe: meta.process.exe.clone(),
+                cmdline: meta.process.cmdline.clone(),
+                threads: meta.threads.len() as u32,
+                bytes: meta.stats.pages_stored * PAGE_SIZE,
+                image_offset,
+                image_len,
+            });
+        }
+        let mut meta = root_img.metadata.clone();
+        meta.tree = Some(tree);
+        let at = out.seek(SeekFrom::End(0)).map_err(io_err)?;
+        let mb = encode_metadata(&meta);
+        let footer = Footer {
+            metadata_offset: at,
+            metadata_len: mb.len() as u64,
+            metadata_crc32: forkpoint_image::crc32(&mb),
+            metadata_encoding: METADATA_ENCODING_JSON,
+            file_len: at + mb.len() as u64 + FOOTER_LEN as u64,
+        };
+        out.write_all(&mb).map_err(io_err)?;
+        out.write_all(&footer.encode()).map_err(io_err)?;
+        out.write_all_at(&Header::tree().encode(), 0)
+            .map_err(io_err)?;
+        out.sync_all().map_err(io_err)?;
+        // Check what we wrote before it gets the final name.
+        let check =
+            ImageFile::open(&tmp).map_err(|e| err("the tree image does not verify:", &tmp, &e))?;
+        for m in &check
+            .metadata
+            .tree
+            .as_ref()
+            .map(|t| t.members.clone())
+            .unwrap_or_default()
+        {
+            check
+                .open_member(&tmp, m.pid)
+                .map_err(|e| err("the tree image does not verify:", &tmp, &e))?;
+        }
+        fs::rename(&tmp, output).map_err(|e| err("cannot rename the image to", output, &e))?;
+        if let Some(dir) = output.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(footer.file_len)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: i32, ppid: i32) -> ProcStat {
+        ProcStat {
+            pid,
+            comm: format!("p{pid}"),
+            state: 'S',
+            ppid,
+            pgid: 1,
+            sid: 1,
+        }
+    }
+
+    #[test]
+    fn stat_with_odd_names() {
+        let s = parse_stat("42 (a) b (c)) S 7 42 1 0 -1").unwrap();
+        assert_eq!(
+            (s.pid, s.comm.as_str(), s.state, s.ppid, s.pgid, s.sid),
+            (42, "a) b (c)", 'S', 7, 42, 1)
+        );
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) S").is_none());
+    }
+
+    #[test]
+    fn tree_lists_parents_first() {
+        let all = [p(1, 0), p(10, 1), p(12, 10), p(11, 10), p(13, 12), p(20, 1)];
+        let t: Vec<i32> = tree_of(10, &all).iter().map(|p| p.pid).collect();
+        assert_eq!(t, [10, 11, 12, 13]);
+        assert!(tree_of(99, &all).is_empty());
+    }
+}
