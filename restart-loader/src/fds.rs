@@ -16,6 +16,14 @@ use forkpoint_image::{
 
 use crate::RestoreError;
 
+/// Pipes (read end, write end) and socket-pair ends of a process tree, by inode, that its
+/// processes share: made once before the processes start, inherited by each.
+#[derive(Debug, Default)]
+pub struct SharedFds {
+    pub pipes: HashMap<u64, (RawFd, RawFd)>,
+    pub sockets: HashMap<u64, RawFd>,
+}
+
 /// A descriptor ready to be moved into place.
 pub struct Prepared {
     pub target: RawFd,
@@ -362,11 +370,24 @@ fn memfd(
 fn create(
     img: &ImageFile,
     f: &FdEntry,
+    shared: &SharedFds,
     pipes: &mut Pipes,
     pairs: &mut Pairs,
 ) -> io::Result<OwnedFd> {
     let nonblock = f.flags & libc::O_NONBLOCK != 0;
     let fd = match &f.kind {
+        // Pipes and socket pairs shared with other processes of a tree were made, with
+        // their contents, before the tree's processes started: this one inherited them.
+        FdKind::Pipe { pipe: Some(p) } if shared.pipes.contains_key(&p.ino) => {
+            let (r, w) = shared.pipes[&p.ino];
+            // SAFETY: the tree's descriptors stay open until `install` closes what the
+            // program does not use, after this.
+            dup_lifted(unsafe { BorrowedFd::borrow_raw(if p.write_end { w } else { r }) }, 3)?
+        }
+        FdKind::Socket { socket: Some(s) } if shared.sockets.contains_key(&s.ino) => {
+            // SAFETY: as for pipes above.
+            dup_lifted(unsafe { BorrowedFd::borrow_raw(shared.sockets[&s.ino]) }, 3)?
+        }
         FdKind::Pipe { pipe: Some(p) } => pipe_end(img, f, p, pipes)?,
         FdKind::Socket { socket: Some(s) } => socket_fd(img, f, s, pairs)?,
         FdKind::Eventfd { count, semaphore } => {
@@ -475,7 +496,13 @@ fn take_lock(fd: BorrowedFd<'_>, l: &FileLock, test_only: bool) -> io::Result<()
 }
 
 /// Opens or creates every descriptor to restore. Returns them and the warnings to show.
-pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>), RestoreError> {
+pub fn prepare(
+    img: &ImageFile,
+    base: i32,
+    shared: Option<&SharedFds>,
+) -> Result<(PreparedFds, Vec<String>), RestoreError> {
+    let none = SharedFds::default();
+    let shared = shared.unwrap_or(&none);
     let meta = &img.metadata;
     let mut out = PreparedFds {
         fds: Vec::new(),
@@ -524,7 +551,7 @@ pub fn prepare(img: &ImageFile, base: i32) -> Result<(PreparedFds, Vec<String>),
                 fd
             }
             FdRestore::Recreate | FdRestore::Approximate { .. } => {
-                create(img, f, &mut pipes, &mut pairs).map_err(|e| {
+                create(img, f, shared, &mut pipes, &mut pairs).map_err(|e| {
                     RestoreError::os(
                         format!("cannot recreate descriptor {} ({})", f.fd, f.path),
                         e,

@@ -15,6 +15,8 @@ mod fds;
 pub mod plan;
 #[allow(unsafe_code)] // writes into the staged memory of the program
 mod stage;
+#[allow(unsafe_code)] // namespaces, clone3 with set_tid, the tree's pipes
+mod tree;
 #[allow(unsafe_code)] // the raw syscalls
 mod sys;
 #[allow(unsafe_code)] // cpuid and the xsave feature probe
@@ -83,11 +85,30 @@ impl std::error::Error for RestoreError {
     }
 }
 
-/// Restores the image at `path` into the calling process. Returns only on failure.
-/// The caller must be single-threaded.
+/// Restores the image at `path` into the calling process (a tree image: into processes
+/// this one starts, see [`tree`]). Returns only on failure. The caller must be
+/// single-threaded.
 pub fn restore(
     path: &Path,
     opts: &RestoreOptions,
+) -> Result<std::convert::Infallible, RestoreError> {
+    let img = ImageFile::open(path).map_err(|source| RestoreError::Image {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if img.metadata.tree.is_some() {
+        return tree::restore_tree(path, &img, opts);
+    }
+    restore_process(path, &img, opts, None)
+}
+
+/// Restores one process from `img` into the calling process. A member of a tree waits at
+/// the tree's barrier (`member`) before the point of no return.
+fn restore_process(
+    path: &Path,
+    img: &ImageFile,
+    opts: &RestoreOptions,
+    member: Option<&tree::MemberSync>,
 ) -> Result<std::convert::Infallible, RestoreError> {
     let t0 = Instant::now();
     let say = |what: &str| {
@@ -99,10 +120,6 @@ pub fn restore(
         }
     };
     // Verify.
-    let img = ImageFile::open(path).map_err(|source| RestoreError::Image {
-        path: path.to_path_buf(),
-        source,
-    })?;
     verify::check_owner(path, opts.allow_foreign_owner)?;
     let meta = &img.metadata;
     let creds = verify::credentials_to_take(meta)?;
@@ -143,7 +160,7 @@ pub fn restore(
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let pages = stage::fill_regions(&img, &stage_map, threads)?;
+    let pages = stage::fill_regions(img, &stage_map, threads)?;
     say(&format!(
         "decompressed {pages} pages ({} MiB) on {threads} threads",
         (pages * PAGE_SIZE) >> 20
@@ -163,8 +180,13 @@ pub fn restore(
     // allow that now (the program's own limits are set again later).
     let base = fds::spare_base(meta);
     sys::raise_nofile(base as u64 + meta.fds.len() as u64 + 16).map_err(RestoreError::Failed)?;
-    let (prepared, mut warnings) = fds::prepare(&img, base)?;
-    warnings.extend(meta.warnings.iter().cloned());
+    let (prepared, mut warnings) = fds::prepare(img, base, member.map(|m| &m.shared))?;
+    warnings.extend(
+        meta.warnings
+            .iter()
+            .filter(|w| !member.is_some_and(|m| m.covers(w)))
+            .cloned(),
+    );
     warnings.extend(advice_warnings);
     warnings.extend(file_warnings);
     warnings.extend(verify::credential_warnings(meta, creds.as_ref()));
@@ -242,6 +264,10 @@ pub fn restore(
         for (i, s) in data.steps.iter().enumerate() {
             eprintln!("forkpoint restart:   step {}: {s}", i + 1);
         }
+    }
+    if let Some(m) = member {
+        say("staged; waiting for the other processes of the tree");
+        m.staged()?;
     }
     say("handing over to the restore blob");
     // The image descriptor is closed with every other descriptor the program did not have.

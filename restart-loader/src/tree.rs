@@ -1,0 +1,443 @@
+//! Restarting a process tree: verify every member, enter a new PID namespace (with a new
+//! user namespace when unprivileged, which is what allows `clone3` with `set_tid` there),
+//! start an init (PID 1 of the namespace) that makes the pipes and socket pairs the members
+//! share, then the members top-down, each with its original PID and parent. Each member
+//! stages itself with the single-process path and waits at the tree's barrier; only when
+//! every member has staged do all hand over together. Any failure before that: every
+//! member exits, nothing of the program runs.
+//!
+//! The calling process (`forkpoint restart`) stays outside the namespace: it passes its
+//! signals on to the tree's root, and exits as the root does.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use forkpoint_image::{FdKind, ImageFile, TreeMember};
+
+use crate::fds::SharedFds;
+use crate::{verify, RestoreError, RestoreOptions};
+
+/// What a member needs to wait for the others: the barrier's pipes, the shared objects.
+pub struct MemberSync {
+    ready_w: RawFd,
+    go_r: RawFd,
+    pub shared: SharedFds,
+}
+
+impl MemberSync {
+    /// Whether an image's warning is about a pipe or socket this tree shares: restored
+    /// faithfully, the other end is another member.
+    pub fn covers(&self, warning: &str) -> bool {
+        let shared = |ino: &u64| {
+            warning.contains(&format!("pipe:[{ino}]")) || warning.contains(&format!("socket:[{ino}]"))
+        };
+        self.shared.pipes.keys().any(shared) || self.shared.sockets.keys().any(shared)
+    }
+
+    /// Says this member is staged, and waits until every member is. Err: another member
+    /// failed (its message is already on stderr).
+    pub fn staged(&self) -> Result<(), RestoreError> {
+        // SAFETY: writing one byte from a valid buffer to our pipe.
+        unsafe { libc::write(self.ready_w, b"R".as_ptr().cast(), 1) };
+        let mut b = [0u8; 1];
+        loop {
+            // SAFETY: reading one byte into a valid buffer.
+            let n = unsafe { libc::read(self.go_r, b.as_mut_ptr().cast(), 1) };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n == 1 && b[0] == b'G' {
+                return Ok(());
+            }
+            return Err(RestoreError::Refused(
+                "another process of the tree could not be restored; none of them runs".into(),
+            ));
+        }
+    }
+
+    fn failed(&self) {
+        // SAFETY: writing one byte from a valid buffer to our pipe.
+        unsafe { libc::write(self.ready_w, b"F".as_ptr().cast(), 1) };
+    }
+}
+
+fn cvt(r: libc::c_long, what: &str) -> Result<libc::c_long, RestoreError> {
+    if r < 0 {
+        Err(RestoreError::os(what.into(), std::io::Error::last_os_error()))
+    } else {
+        Ok(r)
+    }
+}
+
+fn pipe() -> Result<(RawFd, RawFd), RestoreError> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is two writable ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as _, "pipe2")?;
+    Ok((fds[0], fds[1]))
+}
+
+fn close(fd: RawFd) {
+    // SAFETY: a descriptor of ours that nothing else owns.
+    unsafe { libc::close(fd) };
+}
+
+/// A new process with PID `pid` in our PID namespace (`clone3` with `set_tid`), like fork:
+/// returns 0 in the child.
+fn clone_with_pid(pid: i32) -> Result<i32, RestoreError> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid = [pid as libc::pid_t];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: fork-like clone3 (no CLONE_VM, no new stack) of a single-threaded process; the
+    // arguments are valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let r = cvt(r, "")
+        .map_err(|e| RestoreError::Failed(format!("cannot start process {pid} with its PID: {e}")))?;
+    Ok(r as i32)
+}
+
+/// Enters a new PID namespace (our next child is its init), inside a new user namespace
+/// that maps our own uid and gid when we are not root.
+fn enter_namespaces() -> Result<(), RestoreError> {
+    // SAFETY: no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 {
+        // SAFETY: unshare changes only our namespaces.
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWPID) } as _, "unshare(CLONE_NEWPID)")?;
+        return Ok(());
+    }
+    // SAFETY: as above.
+    cvt(
+        unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) } as _,
+        "unshare(CLONE_NEWUSER | CLONE_NEWPID) (are unprivileged user namespaces disabled?)",
+    )?;
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text)
+            .map_err(|e| RestoreError::os(format!("cannot write {file}"), e))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))?;
+    Ok(())
+}
+
+/// The pipes and socket pairs more than one member holds, made here with their contents.
+fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
+    let mut holders: HashMap<u64, usize> = HashMap::new();
+    let count = |ino: u64, holders: &mut HashMap<u64, usize>, seen: &mut Vec<u64>| {
+        if !seen.contains(&ino) {
+            seen.push(ino);
+            *holders.entry(ino).or_default() += 1;
+        }
+    };
+    for m in members {
+        let mut seen = Vec::new();
+        for f in &m.metadata.fds {
+            match &f.kind {
+                FdKind::Pipe { pipe: Some(p) } if !f.path.starts_with('/') => {
+                    count(p.ino, &mut holders, &mut seen)
+                }
+                FdKind::Socket { socket: Some(s) } if s.pair.is_some() => {
+                    let pair = s.pair.unwrap_or(s.ino);
+                    count(s.ino.min(pair), &mut holders, &mut seen)
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut shared = SharedFds::default();
+    let err = |what: &str, e: std::io::Error| RestoreError::os(what.into(), e);
+    for m in members {
+        for f in &m.metadata.fds {
+            match &f.kind {
+                FdKind::Pipe { pipe: Some(p) }
+                    if holders.get(&p.ino).is_some_and(|&n| n > 1)
+                        && !shared.pipes.contains_key(&p.ino) =>
+                {
+                    let (r, w) = pipe()?;
+                    // SAFETY: plain fcntl on our pipe.
+                    unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, p.size.min(i32::MAX as u64) as i32) };
+                    shared.pipes.insert(p.ino, (r, w));
+                }
+                FdKind::Socket { socket: Some(s) } => {
+                    let Some(peer) = s.pair else { continue };
+                    if !holders.get(&s.ino.min(peer)).is_some_and(|&n| n > 1)
+                        || shared.sockets.contains_key(&s.ino)
+                    {
+                        continue;
+                    }
+                    let mut sv = [0; 2];
+                    // SAFETY: sv is two writable ints.
+                    if unsafe {
+                        libc::socketpair(s.domain, s.sock_type | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr())
+                    } != 0
+                    {
+                        return Err(err("socketpair", std::io::Error::last_os_error()));
+                    }
+                    shared.sockets.insert(s.ino, sv[0]);
+                    shared.sockets.insert(peer, sv[1]);
+                }
+                _ => {}
+            }
+        }
+    }
+    // Contents: a pipe's once (every holder saw the same bytes at the cut); what a socket
+    // end had queued for reading goes into its peer.
+    let mut filled: Vec<u64> = Vec::new();
+    for m in members {
+        for f in &m.metadata.fds {
+            let (ino, data, target) = match &f.kind {
+                FdKind::Pipe { pipe: Some(p) } if shared.pipes.contains_key(&p.ino) => {
+                    (p.ino, p.data, shared.pipes[&p.ino].1)
+                }
+                FdKind::Socket { socket: Some(s) } if shared.sockets.contains_key(&s.ino) => {
+                    let peer = s.pair.unwrap_or(s.ino);
+                    (s.ino, s.data, shared.sockets[&peer])
+                }
+                _ => continue,
+            };
+            let Some(blob) = data else { continue };
+            if filled.contains(&ino) {
+                continue;
+            }
+            filled.push(ino);
+            let bytes = m.read_blob(blob).map_err(|e| {
+                RestoreError::Failed(format!("cannot read the contents of pipe or socket {ino}: {e}"))
+            })?;
+            // SAFETY: a descriptor we made, borrowed for the write only.
+            let mut fd = std::mem::ManuallyDrop::new(unsafe {
+                <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(target)
+            });
+            fd.write_all(&bytes).map_err(|e| err("cannot refill a shared pipe", e))?;
+        }
+    }
+    Ok(shared)
+}
+
+/// The root's PID inside the namespace, for init's signal forwarding.
+static ROOT_PID: AtomicI32 = AtomicI32::new(0);
+/// Init's PID outside, for the outer process's forwarding.
+static INIT_PID: AtomicI32 = AtomicI32::new(0);
+
+const FORWARDED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+extern "C" fn forward_to_root(sig: i32) {
+    // SAFETY: kill is async-signal-safe.
+    unsafe { libc::kill(ROOT_PID.load(Ordering::SeqCst), sig) };
+}
+
+extern "C" fn forward_to_init(sig: i32) {
+    // SAFETY: kill is async-signal-safe.
+    unsafe { libc::kill(INIT_PID.load(Ordering::SeqCst), sig) };
+}
+
+fn forward_signals(handler: extern "C" fn(i32)) {
+    for sig in FORWARDED {
+        // SAFETY: installing a handler that only calls kill.
+        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    }
+}
+
+/// Waits for `pid` (reaping any other child meanwhile); its exit as an exit code.
+fn wait_for(pid: i32) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid int.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return 1;
+        }
+        if r == pid {
+            return if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+        }
+    }
+}
+
+fn exit(code: i32) -> ! {
+    let _ = std::io::stderr().flush();
+    // SAFETY: ends the process.
+    unsafe { libc::_exit(code) }
+}
+
+/// Restores the tree of `img` (opened from `path`). Returns only if it refuses before any
+/// process was started; otherwise this process exits as the tree's root does.
+pub fn restore_tree(
+    path: &Path,
+    img: &ImageFile,
+    opts: &RestoreOptions,
+) -> Result<Infallible, RestoreError> {
+    let tree: Vec<TreeMember> = img.metadata.tree.clone().unwrap_or_default().members;
+    // Verify every member before anything starts.
+    verify::check_owner(path, opts.allow_foreign_owner)?;
+    let mut members = Vec::with_capacity(tree.len());
+    for t in &tree {
+        let m = img.open_member(path, t.pid).map_err(|source| RestoreError::Image {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let refuse = |e: RestoreError| RestoreError::Refused(format!("process {}: {e}", t.pid));
+        verify::check_cpu(&m.metadata, verify::current_cpu()).map_err(refuse)?;
+        verify::check_files(&m.metadata).map_err(refuse)?;
+        members.push(m);
+    }
+    if opts.verbose {
+        eprintln!("forkpoint restart: a tree of {} processes, all verified", tree.len());
+    }
+    enter_namespaces()?;
+    let (ready_r, ready_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    // SAFETY: this process is single-threaded: fork is safe.
+    let init = unsafe { libc::fork() };
+    if init < 0 {
+        return Err(RestoreError::os("fork".into(), std::io::Error::last_os_error()));
+    }
+    if init > 0 {
+        // Outside: pass signals on, exit as the tree's root does.
+        for fd in [ready_r, ready_w, go_r, go_w] {
+            close(fd);
+        }
+        INIT_PID.store(init, Ordering::SeqCst);
+        forward_signals(forward_to_init);
+        exit(wait_for(init));
+    }
+    // Init, PID 1 of the namespace.
+    let shared = match make_shared(&members) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("forkpoint restart: {e}");
+            exit(1)
+        }
+    };
+    let sync = MemberSync {
+        ready_w,
+        go_r,
+        shared,
+    };
+    let root_pid = tree[0].pid;
+    match clone_with_pid(root_pid) {
+        Ok(0) => become_member(path, 0, &tree, &members, &sync, go_w, opts),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("forkpoint restart: {e}");
+            exit(1)
+        }
+    }
+    ROOT_PID.store(root_pid, Ordering::SeqCst);
+    forward_signals(forward_to_root);
+    close(ready_w);
+    // The members have their copies: a pipe's end must close when its last member closes it.
+    for &(r, w) in sync.shared.pipes.values() {
+        close(r);
+        close(w);
+    }
+    for &s in sync.shared.sockets.values() {
+        close(s);
+    }
+    // Every member says R (staged) or F; a member that dies says nothing.
+    let mut staged = 0;
+    let mut b = [0u8; 1];
+    while staged < tree.len() {
+        // SAFETY: reading one byte into a valid buffer.
+        let n = unsafe { libc::read(ready_r, b.as_mut_ptr().cast(), 1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n != 1 || b[0] != b'R' {
+            break;
+        }
+        staged += 1;
+    }
+    if staged < tree.len() {
+        close(go_w); // every member reads EOF and exits
+        let _ = wait_for(root_pid);
+        eprintln!(
+            "forkpoint restart: {} of the tree's {} processes could not be staged; none of them ran",
+            tree.len() - staged,
+            tree.len()
+        );
+        exit(1);
+    }
+    let go = vec![b'G'; tree.len()];
+    // SAFETY: writing from a valid buffer (a pipe holds 64 KiB: one byte per member fits).
+    unsafe { libc::write(go_w, go.as_ptr().cast(), go.len()) };
+    close(go_w);
+    exit(wait_for(root_pid));
+}
+
+/// Becomes member `i`: starts its children (with their PIDs), then restores itself.
+fn become_member(
+    path: &Path,
+    i: usize,
+    tree: &[TreeMember],
+    members: &[ImageFile],
+    sync: &MemberSync,
+    go_w: RawFd,
+    opts: &RestoreOptions,
+) -> ! {
+    // Only init may hold the go pipe's write end: its close is everyone's abort.
+    close(go_w);
+    let me = tree[i].pid;
+    for (c, child) in tree.iter().enumerate().skip(1) {
+        if child.ppid != me {
+            continue;
+        }
+        match clone_with_pid(child.pid) {
+            Ok(0) => become_member(path, c, tree, members, sync, -1, opts),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("forkpoint restart: {e}");
+                sync.failed();
+                exit(1);
+            }
+        }
+    }
+    let err = match crate::restore_process(path, &members[i], opts, Some(sync)) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    eprintln!("forkpoint restart: process {me}: {err}");
+    sync.failed();
+    exit(1)
+}
