@@ -332,9 +332,9 @@ fn describe_pipe(
     let has_read = ctx.pipe_ends.iter().any(|&(i, w)| i == ino && !w);
     let has_write = ctx.pipe_ends.iter().any(|&(i, w)| i == ino && w);
     let other_end_outside = if write_end { !has_read } else { !has_write };
-    if stdio && other_end_outside {
-        return Ok((FdKind::Pipe { pipe: None }, FdRestore::Inherit));
-    }
+    // Standard streams on a pipe to outside are the restarting command's; they are still
+    // described in full, as in a process tree the other end may be another member.
+    let inherit = stdio && other_end_outside;
     // The buffered bytes go with the first descriptor of the pipe that reads it.
     let first_reader = ctx
         .fds
@@ -378,7 +378,9 @@ fn describe_pipe(
         } != 0
     };
     let named = ctx_path_is_named_fifo(fd);
-    let restore = if named && other_end_outside && !other_end_gone {
+    let restore = if inherit {
+        FdRestore::Inherit
+    } else if named && other_end_outside && !other_end_gone {
         FdRestore::Approximate {
             approximation:
                 "the FIFO opened again by its name: the process at its other end is not restored"

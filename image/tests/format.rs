@@ -984,3 +984,61 @@ fn test_crc32_is_ieee() {
     assert_eq!(forkpoint_image::crc32(b"123456789"), 0xCBF4_3926);
     assert_eq!(forkpoint_image::crc32(b""), 0);
 }
+
+/// A tree's members: the root first at offset 0, the others page-aligned past the root's
+/// data and apart from each other, each parent before its children.
+#[test]
+fn tree_members_are_validated() {
+    use forkpoint_image::{validate_metadata, TreeInfo, TreeMember};
+    let member = |pid, ppid, image_offset, image_len| TreeMember {
+        pid,
+        ppid,
+        image_offset,
+        image_len,
+        ..Default::default()
+    };
+    let mut meta = sample_metadata();
+    let root = meta.process.pid;
+    let end = 1 << 20;
+    let check = |meta: &mut forkpoint_image::Metadata, members: Vec<TreeMember>| {
+        meta.tree = Some(TreeInfo { members });
+        validate_metadata(meta, end).map_err(|e| e.to_string())
+    };
+    assert!(check(&mut meta, vec![member(root, 1, 0, 0)]).is_ok());
+    assert!(check(
+        &mut meta,
+        vec![member(root, 1, 0, 0), member(5000, root, 0x80000, 0x10000)]
+    )
+    .is_ok());
+    let bad = [
+        (vec![member(root + 1, 1, 0, 0)], "not this image's process"),
+        (
+            vec![member(root, 1, 0, 0), member(5000, 4999, 0x80000, 0x10000)],
+            "not an earlier member",
+        ),
+        (
+            vec![member(root, 1, 0, 0), member(5000, root, 0x80001, 0x10000)],
+            "outside the data area",
+        ),
+        (
+            vec![member(root, 1, 0, 0), member(5000, root, 0xf8000, 0x10000)],
+            "outside the data area",
+        ),
+        (
+            vec![
+                member(root, 1, 0, 0),
+                member(5000, root, 0x80000, 0x10000),
+                member(5001, root, 0x88000, 0x10000),
+            ],
+            "overlap",
+        ),
+        (
+            vec![member(root, 1, 0, 0), member(root, root, 0x80000, 0x10000)],
+            "repeated",
+        ),
+    ];
+    for (members, why) in bad {
+        let e = check(&mut meta, members.clone()).unwrap_err();
+        assert!(e.contains(why), "{members:?}: {e}");
+    }
+}

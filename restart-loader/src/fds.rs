@@ -382,11 +382,13 @@ fn create(
             let (r, w) = shared.pipes[&p.ino];
             // SAFETY: the tree's descriptors stay open until `install` closes what the
             // program does not use, after this.
-            dup_lifted(unsafe { BorrowedFd::borrow_raw(if p.write_end { w } else { r }) }, 3)?
+            let end = unsafe { BorrowedFd::borrow_raw(if p.write_end { w } else { r }) };
+            dup_lifted(end, 3)?
         }
         FdKind::Socket { socket: Some(s) } if shared.sockets.contains_key(&s.ino) => {
             // SAFETY: as for pipes above.
-            dup_lifted(unsafe { BorrowedFd::borrow_raw(shared.sockets[&s.ino]) }, 3)?
+            let end = unsafe { BorrowedFd::borrow_raw(shared.sockets[&s.ino]) };
+            dup_lifted(end, 3)?
         }
         FdKind::Pipe { pipe: Some(p) } => pipe_end(img, f, p, pipes)?,
         FdKind::Socket { socket: Some(s) } => socket_fd(img, f, s, pairs)?,
@@ -512,7 +514,20 @@ pub fn prepare(
     let mut pipes = Pipes::new();
     let mut pairs = Pairs::new();
     for f in &meta.fds {
-        let temp = match &f.restore {
+        // A pipe or socket another process of the tree holds is that process's, whatever
+        // the image says about its other end (stdin from the previous stage is not "from
+        // outside").
+        let in_tree = match &f.kind {
+            FdKind::Pipe { pipe: Some(p) } => shared.pipes.contains_key(&p.ino),
+            FdKind::Socket { socket: Some(s) } => shared.sockets.contains_key(&s.ino),
+            _ => false,
+        };
+        let restore = if in_tree {
+            &FdRestore::Recreate
+        } else {
+            &f.restore
+        };
+        let temp = match restore {
             FdRestore::Inherit => {
                 // SAFETY: F_GETFD only queries.
                 if unsafe { libc::fcntl(f.fd, libc::F_GETFD) } < 0 {

@@ -15,10 +15,10 @@ mod fds;
 pub mod plan;
 #[allow(unsafe_code)] // writes into the staged memory of the program
 mod stage;
-#[allow(unsafe_code)] // namespaces, clone3 with set_tid, the tree's pipes
-mod tree;
 #[allow(unsafe_code)] // the raw syscalls
 mod sys;
+#[allow(unsafe_code)] // namespaces, clone3 with set_tid, the tree's pipes
+mod tree;
 #[allow(unsafe_code)] // cpuid and the xsave feature probe
 pub mod verify;
 

@@ -33,7 +33,8 @@ impl MemberSync {
     /// faithfully, the other end is another member.
     pub fn covers(&self, warning: &str) -> bool {
         let shared = |ino: &u64| {
-            warning.contains(&format!("pipe:[{ino}]")) || warning.contains(&format!("socket:[{ino}]"))
+            warning.contains(&format!("pipe:[{ino}]"))
+                || warning.contains(&format!("socket:[{ino}]"))
         };
         self.shared.pipes.keys().any(shared) || self.shared.sockets.keys().any(shared)
     }
@@ -67,7 +68,10 @@ impl MemberSync {
 
 fn cvt(r: libc::c_long, what: &str) -> Result<libc::c_long, RestoreError> {
     if r < 0 {
-        Err(RestoreError::os(what.into(), std::io::Error::last_os_error()))
+        Err(RestoreError::os(
+            what.into(),
+            std::io::Error::last_os_error(),
+        ))
     } else {
         Ok(r)
     }
@@ -76,7 +80,8 @@ fn cvt(r: libc::c_long, what: &str) -> Result<libc::c_long, RestoreError> {
 fn pipe() -> Result<(RawFd, RawFd), RestoreError> {
     let mut fds = [0; 2];
     // SAFETY: fds is two writable ints.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as _, "pipe2")?;
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    cvt(r as _, "pipe2")?;
     Ok((fds[0], fds[1]))
 }
 
@@ -119,8 +124,9 @@ fn clone_with_pid(pid: i32) -> Result<i32, RestoreError> {
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    let r = cvt(r, "")
-        .map_err(|e| RestoreError::Failed(format!("cannot start process {pid} with its PID: {e}")))?;
+    let r = cvt(r, "").map_err(|e| {
+        RestoreError::Failed(format!("cannot start process {pid} with its PID: {e}"))
+    })?;
     Ok(r as i32)
 }
 
@@ -131,17 +137,18 @@ fn enter_namespaces() -> Result<(), RestoreError> {
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if uid == 0 {
         // SAFETY: unshare changes only our namespaces.
-        cvt(unsafe { libc::unshare(libc::CLONE_NEWPID) } as _, "unshare(CLONE_NEWPID)")?;
+        let r = unsafe { libc::unshare(libc::CLONE_NEWPID) };
+        cvt(r as _, "unshare(CLONE_NEWPID)")?;
         return Ok(());
     }
     // SAFETY: as above.
+    let r = unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) };
     cvt(
-        unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) } as _,
+        r as _,
         "unshare(CLONE_NEWUSER | CLONE_NEWPID) (are unprivileged user namespaces disabled?)",
     )?;
     let write = |file: &str, text: String| {
-        std::fs::write(file, text)
-            .map_err(|e| RestoreError::os(format!("cannot write {file}"), e))
+        std::fs::write(file, text).map_err(|e| RestoreError::os(format!("cannot write {file}"), e))
     };
     write("/proc/self/setgroups", "deny".into())?;
     write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
@@ -184,12 +191,14 @@ fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
                 {
                     let (r, w) = pipe()?;
                     // SAFETY: plain fcntl on our pipe.
-                    unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, p.size.min(i32::MAX as u64) as i32) };
+                    unsafe {
+                        libc::fcntl(w, libc::F_SETPIPE_SZ, p.size.min(i32::MAX as u64) as i32)
+                    };
                     shared.pipes.insert(p.ino, (r, w));
                 }
                 FdKind::Socket { socket: Some(s) } => {
                     let Some(peer) = s.pair else { continue };
-                    if !holders.get(&s.ino.min(peer)).is_some_and(|&n| n > 1)
+                    if holders.get(&s.ino.min(peer)).is_none_or(|&n| n <= 1)
                         || shared.sockets.contains_key(&s.ino)
                     {
                         continue;
@@ -197,7 +206,12 @@ fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
                     let mut sv = [0; 2];
                     // SAFETY: sv is two writable ints.
                     if unsafe {
-                        libc::socketpair(s.domain, s.sock_type | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr())
+                        libc::socketpair(
+                            s.domain,
+                            s.sock_type | libc::SOCK_CLOEXEC,
+                            0,
+                            sv.as_mut_ptr(),
+                        )
                     } != 0
                     {
                         return Err(err("socketpair", std::io::Error::last_os_error()));
@@ -230,13 +244,16 @@ fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
             }
             filled.push(ino);
             let bytes = m.read_blob(blob).map_err(|e| {
-                RestoreError::Failed(format!("cannot read the contents of pipe or socket {ino}: {e}"))
+                RestoreError::Failed(format!(
+                    "cannot read the contents of pipe or socket {ino}: {e}"
+                ))
             })?;
             // SAFETY: a descriptor we made, borrowed for the write only.
             let mut fd = std::mem::ManuallyDrop::new(unsafe {
                 <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(target)
             });
-            fd.write_all(&bytes).map_err(|e| err("cannot refill a shared pipe", e))?;
+            fd.write_all(&bytes)
+                .map_err(|e| err("cannot refill a shared pipe", e))?;
         }
     }
     Ok(shared)
@@ -313,17 +330,22 @@ pub fn restore_tree(
     verify::check_owner(path, opts.allow_foreign_owner)?;
     let mut members = Vec::with_capacity(tree.len());
     for t in &tree {
-        let m = img.open_member(path, t.pid).map_err(|source| RestoreError::Image {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let m = img
+            .open_member(path, t.pid)
+            .map_err(|source| RestoreError::Image {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let refuse = |e: RestoreError| RestoreError::Refused(format!("process {}: {e}", t.pid));
         verify::check_cpu(&m.metadata, verify::current_cpu()).map_err(refuse)?;
         verify::check_files(&m.metadata).map_err(refuse)?;
         members.push(m);
     }
     if opts.verbose {
-        eprintln!("forkpoint restart: a tree of {} processes, all verified", tree.len());
+        eprintln!(
+            "forkpoint restart: a tree of {} processes, all verified",
+            tree.len()
+        );
     }
     enter_namespaces()?;
     let (ready_r, ready_w) = pipe()?;
@@ -331,7 +353,10 @@ pub fn restore_tree(
     // SAFETY: this process is single-threaded: fork is safe.
     let init = unsafe { libc::fork() };
     if init < 0 {
-        return Err(RestoreError::os("fork".into(), std::io::Error::last_os_error()));
+        return Err(RestoreError::os(
+            "fork".into(),
+            std::io::Error::last_os_error(),
+        ));
     }
     if init > 0 {
         // Outside: pass signals on, exit as the tree's root does.

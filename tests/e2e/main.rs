@@ -12,6 +12,7 @@ mod kinds;
 mod reliability;
 mod runtimes;
 mod threads;
+mod trees;
 
 use std::ffi::{OsStr, OsString};
 use std::fs;

@@ -1,0 +1,321 @@
+//! Process trees: `forkpoint checkpoint --tree` takes a program with its children at one
+//! cut into one image; `forkpoint restart` brings the whole tree back with its PIDs, its
+//! parent links and the pipes between its processes (with the bytes in flight), and the
+//! result must equal an uninterrupted run's.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::harness::*;
+
+const PIPELINE_C: &str = include_str!("../programs/tree_pipeline.c");
+
+/// A run of a command in its own directory: stdout, stderr, a `go` file.
+struct TreeRun {
+    dir: PathBuf,
+    out: PathBuf,
+    err: PathBuf,
+    proc: Proc,
+}
+
+impl TreeRun {
+    fn start(dir: &Path, rt: &Path, argv: &[&OsStr], under_fp: bool) -> TreeRun {
+        let (out, err) = (dir.join("prog.out"), dir.join("prog.err"));
+        let mut cmd = if under_fp {
+            library();
+            let mut c = Command::new(forkpoint());
+            c.arg("run").arg("--").args(argv);
+            c.env("FORKPOINT_RUNTIME_DIR", rt)
+                .env_remove("FORKPOINT_LOG");
+            c
+        } else {
+            let mut c = Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        };
+        cmd.current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(&out).unwrap())
+            .stderr(File::create(&err).unwrap());
+        let proc = Proc::new(cmd.spawn().expect("spawn"), "the tree's root");
+        TreeRun {
+            dir: dir.to_path_buf(),
+            out,
+            err,
+            proc,
+        }
+    }
+
+    fn wait_for(&self, what: &str, cond: impl Fn(&TreeRun) -> bool) {
+        wait_until(what, WAIT, || cond(self));
+    }
+
+    fn go(&self) {
+        fs::write(self.dir.join("go"), b"").unwrap();
+    }
+
+    fn finishes(&mut self) -> String {
+        let st = self.proc.wait(WAIT);
+        assert!(
+            st.success(),
+            "the run ended with {st}\n{}",
+            read_lossy(&self.err)
+        );
+        read_lossy(&self.out)
+    }
+}
+
+/// `forkpoint checkpoint --tree [args] PID`.
+fn checkpoint_tree(pid: i32, args: &[&str]) -> Ckpt {
+    let mut a: Vec<&OsStr> = vec![OsStr::new("--tree")];
+    a.extend(args.iter().map(OsStr::new));
+    checkpoint(pid, &a)
+}
+
+/// The PIDs of the tree under `root` (by /proc/*/stat), root first.
+fn tree_pids(root: i32) -> Vec<i32> {
+    let mut all: Vec<(i32, i32)> = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let rest = &stat[stat.rfind(')').unwrap_or(0) + 1..];
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                all.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(all.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
+        i += 1;
+    }
+    out
+}
+
+/// Checkpoints the tree under `run`, kills every process of it (the test started them all),
+/// and restarts it; the restarted tree writes on into the original's stdout.
+fn checkpoint_kill_restart(run: &mut TreeRun, expect_members: usize) -> PathBuf {
+    let pids = tree_pids(run.proc.pid);
+    assert_eq!(
+        pids.len(),
+        expect_members,
+        "the tree under the root: {pids:?}"
+    );
+    let image = checkpoint_tree(run.proc.pid, &["--kill"]).image();
+    assert_killed(run.proc.wait(WAIT), "the original tree's root");
+    wait_until("the original tree to be gone", WAIT, || {
+        pids.iter()
+            .all(|&p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(p))
+    });
+    image
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s[s.rfind(')').unwrap_or(0) + 1..]
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+fn restart_tree(image: &Path, dir: &Path) -> Proc {
+    let mut cmd = Command::new(forkpoint());
+    cmd.arg("restart")
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join("restart.out")).unwrap())
+        .stderr(File::create(dir.join("restart.err")).unwrap());
+    Proc::new(cmd.spawn().expect("spawn restart"), "the restarted tree")
+}
+
+/// A parent and a child with numbers in flight in the pipe to the child and answers in
+/// flight in the pipe back; the parent `waitpid`s the child by its stored PID at the end.
+#[test]
+fn pipeline_parent_and_child_with_data_in_flight_both_ways() {
+    let t = TestDir::new("tree_pipeline");
+    let exe = compile_c(&t.path, "tree_pipeline", PIPELINE_C);
+    let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
+
+    let mut control = TreeRun::start(
+        &t.sub("control"),
+        &t.join("rt"),
+        &[exe.as_os_str(), OsStr::new("go")],
+        false,
+    );
+    control.wait_for("the control run to be ready", ready);
+    control.go();
+    let expected = control.finishes();
+    assert!(expected.contains("PASS"), "{expected}");
+
+    let mut run = TreeRun::start(
+        &t.sub("run"),
+        &t.join("rt"),
+        &[exe.as_os_str(), OsStr::new("go")],
+        true,
+    );
+    run.wait_for("the program to be ready", ready);
+    let image = checkpoint_kill_restart(&mut run, 2);
+
+    let info = info_json(&image);
+    let members = info["metadata"]["tree"]["members"]
+        .as_array()
+        .expect("tree members")
+        .clone();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[1]["ppid"], members[0]["pid"]);
+    let shared = info["shared_objects"].as_array().expect("shared objects");
+    assert!(
+        shared.iter().filter(|o| o["kind"] == "pipe").count() >= 2,
+        "{shared:?}"
+    );
+
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    assert!(
+        st.success(),
+        "the restarted tree ended with {st}\n{}",
+        read_lossy(&run.dir.join("restart.err"))
+    );
+    assert_eq!(
+        read_lossy(&run.out),
+        expected,
+        "the restarted tree's output differs"
+    );
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(
+        !err.contains("reader is gone") && !err.contains("writer is gone"),
+        "a shared pipe was approximated:\n{err}"
+    );
+}
+
+/// A three-stage shell pipeline with lines in flight in both pipes: every stage comes back
+/// and the sum at the end is that of an uninterrupted run.
+#[test]
+fn three_stage_shell_pipeline_with_data_in_both_pipes() {
+    let t = TestDir::new("tree_shell");
+    // Stage 2 passes 5000 lines on, then waits for go; stage 3 waits for go before reading;
+    // seq fills the first pipe meanwhile.
+    let script = "seq 1 300000 \
+        | perl -ne 'print $_ * 3, qq(\\n); if ($. == 5000) { open my $f, q(>), q(ready2); close $f; select(undef, undef, undef, 0.01) until -e q(go) }' \
+        | perl -e 'open my $f, q(>), q(ready3); close $f; select(undef, undef, undef, 0.01) until -e q(go); my $s = 0; while (<STDIN>) { $s += $_ } print qq(sum=$s\\n)'";
+    let argv = [OsStr::new("bash"), OsStr::new("-c"), OsStr::new(script)];
+    let ready = |r: &TreeRun| r.dir.join("ready2").exists() && r.dir.join("ready3").exists();
+
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
+    control.wait_for("the control pipeline to be ready", ready);
+    control.go();
+    let expected = control.finishes();
+    assert!(expected.starts_with("sum="), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the pipeline to be ready", ready);
+    // The first pipe full: seq blocks in write.
+    let image = checkpoint_kill_restart(&mut run, 4);
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    assert!(
+        st.success(),
+        "the restarted pipeline ended with {st}\n{}",
+        read_lossy(&run.dir.join("restart.err"))
+    );
+    assert_eq!(read_lossy(&run.out), expected);
+}
+
+/// A member that never stops for the checkpoint (it is stopped, SIGSTOP): the checkpoint
+/// times out naming it, every member runs on, and no image is left.
+#[test]
+fn a_member_that_never_arrives_fails_the_checkpoint_and_releases_everyone() {
+    let t = TestDir::new("tree_stuck");
+    let exe = compile_c(&t.path, "tree_pipeline", PIPELINE_C);
+    let mut run = TreeRun::start(
+        &t.sub("run"),
+        &t.join("rt"),
+        &[exe.as_os_str(), OsStr::new("go")],
+        true,
+    );
+    run.wait_for("the program to be ready", |r| {
+        read_lossy(&r.out).contains("ready")
+    });
+    let pids = tree_pids(run.proc.pid);
+    assert_eq!(pids.len(), 2);
+    // SAFETY: stopping the child this test started.
+    unsafe { libc::kill(pids[1], libc::SIGSTOP) };
+    let out = t.join("never.fpk");
+    let mut cmd = Command::new(forkpoint());
+    cmd.args(["checkpoint", "--tree", "--timeout", "2s", "-o"])
+        .arg(&out)
+        .arg(run.proc.pid.to_string())
+        .env_remove("FORKPOINT_RUNTIME_DIR");
+    let o = output_within(&mut cmd, WAIT);
+    let c = Ckpt {
+        status: o.status,
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    };
+    assert!(
+        !c.status.success(),
+        "the checkpoint should have failed: {}",
+        c.stderr
+    );
+    assert!(
+        c.stderr.contains(&pids[1].to_string()) && c.stderr.contains("did not stop"),
+        "{}",
+        c.stderr
+    );
+    assert!(!out.exists(), "an image was left at {}", out.display());
+    let leftovers: Vec<_> = fs::read_dir(&t.path)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".never"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "staging files were left: {leftovers:?}"
+    );
+    // Everyone was released: the job finishes as it would have (the child, continued,
+    // finds the request withdrawn and ignores it).
+    // SAFETY: continuing the child this test stopped.
+    unsafe { libc::kill(pids[1], libc::SIGCONT) };
+    run.go();
+    let output = run.finishes();
+    assert!(output.contains("PASS"), "{output}");
+}
+
+/// A descendant without the library (it cleared LD_PRELOAD): the checkpoint refuses at
+/// once, naming it, and touches nothing.
+#[test]
+fn a_member_without_the_library_is_named() {
+    let t = TestDir::new("tree_nolib");
+    let argv = [
+        OsStr::new("bash"),
+        OsStr::new("-c"),
+        OsStr::new("env -u LD_PRELOAD sleep 300 & echo started; wait"),
+    ];
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the child to start", |r| {
+        read_lossy(&r.out).contains("started") && tree_pids(r.proc.pid).len() == 2
+    });
+    let pids = tree_pids(run.proc.pid);
+    let c = checkpoint_tree(run.proc.pid, &[]);
+    assert!(!c.status.success());
+    assert!(
+        c.stderr.contains(&format!("{} (sleep)", pids[1])) && c.stderr.contains("libforkpoint"),
+        "{}",
+        c.stderr
+    );
+    for &p in pids.iter().rev() {
+        // SAFETY: signalling processes this test started.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    run.proc.wait(WAIT);
+}
