@@ -186,9 +186,16 @@ static int chain(long gen, long gens, long lines, long delay_us) {
 }
 
 int main(int argc, char **argv) {
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) die("readlink /proc/self/exe");
-    self[n] = 0;
+    /* The program to execute again: argv[0] when it is absolute (the tests start it so).
+     * Not /proc/self/exe: a checkpoint can come before main, and a process restarted
+     * without CAP_CHECKPOINT_RESTORE has forkpoint's binary there (documented). */
+    if (argv[0][0] == '/' && strlen(argv[0]) < sizeof self) {
+        strcpy(self, argv[0]);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0) die("readlink /proc/self/exe");
+        self[n] = 0;
+    }
     if (argc == 3 && strcmp(argv[1], "child") == 0) return atoi(argv[2]);
     if (argc == 6 && strcmp(argv[1], "loop") == 0) {
         outdir = argv[2];
