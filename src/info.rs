@@ -200,7 +200,7 @@ fn render_tree(img: &ImageFile, members: &[(i32, ImageFile)]) -> String {
     let _ = writeln!(
         w,
         "tree        {} processes; a restart runs them in a new PID namespace with these PIDs \
-         (from outside, the tree's root is a child of `forkpoint restart`, which passes its \
+         (from outside, the tree's root runs under `forkpoint restart`, which passes its \
          signals on and exits as the root does)",
         tree.members.len()
     );

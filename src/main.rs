@@ -178,7 +178,13 @@ fn main() -> ExitCode {
             json,
             verify,
             image,
-        } => ("info", info::info(&image, json, verify)),
+        } => {
+            // `forkpoint info IMG | head`: end quietly at a closed pipe, as other tools do
+            // (Rust ignores SIGPIPE, and print! would panic on EPIPE).
+            // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            ("info", info::info(&image, json, verify))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
