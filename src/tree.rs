@@ -33,6 +33,7 @@ const W_PHASE: usize = 3;
 const W_FORKED: usize = 4;
 const W_TIMEOUT_MS: usize = 5;
 const W_PIDS: usize = 16;
+const PHASE_GATHER: u32 = 0;
 const PHASE_FORK: u32 = 1;
 const PHASE_RELEASE: u32 = 2;
 const PHASE_ABORT: u32 = 3;
@@ -129,8 +130,22 @@ impl BarrierPage {
         unsafe { &*(self.addr.add(4 * i) as *const AtomicU32) }
     }
 
-    fn set_phase(&self, phase: u32) {
-        self.word(W_PHASE).store(phase, Ordering::SeqCst);
+    /// Moves the phase from `from` to `to`, unless the members already moved it on; true if
+    /// the phase is `to` now.
+    fn advance(&self, from: u32, to: u32) -> bool {
+        let now =
+            match self
+                .word(W_PHASE)
+                .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => to,
+                Err(cur) => cur,
+            };
+        self.wake_phase();
+        now == to
+    }
+
+    fn wake_phase(&self) {
         // SAFETY: FUTEX_WAKE on a valid word has no memory effects.
         unsafe {
             libc::syscall(
@@ -337,7 +352,7 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
     // Signal everyone, then run the barrier.
     for (m, &signo) in members.iter().zip(&signals) {
         if let Err(e) = sigqueue(m.pid, signo, id) {
-            barrier.set_phase(PHASE_ABORT);
+            barrier.advance(PHASE_GATHER, PHASE_ABORT);
             return Err(CliError::new(format!(
                 "cannot signal process {} of the tree: {e}",
                 name_of(m)
@@ -352,8 +367,10 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
         gone = dead.cloned();
         dead.is_none()
     };
-    if !barrier.wait_count(W_ARRIVED, n, deadline, &mut alive) {
-        barrier.set_phase(PHASE_ABORT);
+    // The last member to arrive moves the phase to fork, the last to fork to release; this
+    // process only aborts at the timeout, unless the members got there first.
+    let arrived = barrier.wait_count(W_ARRIVED, n, deadline, &mut alive);
+    if !arrived && barrier.advance(PHASE_GATHER, PHASE_ABORT) {
         if let Some(m) = gone {
             return Err(CliError::new(format!(
                 "process {} of the tree exited during the checkpoint; no image (the others run on)",
@@ -374,9 +391,10 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
         )));
     }
     let t_stopped = t0.elapsed();
-    barrier.set_phase(PHASE_FORK);
-    let forked = barrier.wait_count(W_FORKED, n, deadline, &mut || true);
-    barrier.set_phase(if forked { PHASE_RELEASE } else { PHASE_ABORT });
+    barrier.advance(PHASE_GATHER, PHASE_FORK);
+    let forked = barrier.wait_count(W_FORKED, n, deadline, &mut || true)
+        || !barrier.advance(PHASE_FORK, PHASE_ABORT);
+    barrier.advance(PHASE_FORK, PHASE_RELEASE);
 
     // Every member's report.
     let mut pause_us = 0u64;

@@ -108,6 +108,11 @@ impl Barrier {
             self.word(W_PIDS + slot).store(pid as u32, Ordering::SeqCst);
         }
         sys::futex_wake_shared(self.word(W_ARRIVED));
+        // The last to arrive moves the phase on itself: no round trip through the CLI, which
+        // only steps in (abort) at the timeout.
+        if slot + 1 == n {
+            self.advance(PHASE_GATHER, PHASE_FORK);
+        }
         match self.wait_past(PHASE_GATHER) {
             Some(PHASE_FORK) | Some(PHASE_RELEASE) => Ok(()),
             Some(_) => Err("the tree checkpoint was abandoned: another member did not stop"),
@@ -118,9 +123,29 @@ impl Barrier {
     /// This member has forked its writer: say so, and wait until every member has (on a
     /// timeout or abort, run on: the writer's image is simply not used).
     pub fn forked(&self) {
-        self.word(W_FORKED).fetch_add(1, Ordering::SeqCst);
+        let n = self.word(W_MEMBERS).load(Ordering::SeqCst);
+        let done = self.word(W_FORKED).fetch_add(1, Ordering::SeqCst) + 1;
         sys::futex_wake_shared(self.word(W_FORKED));
+        if done == n {
+            self.advance(PHASE_FORK, PHASE_RELEASE);
+        }
         let _ = self.wait_past(PHASE_FORK);
+    }
+
+    /// Moves the phase from `from` to `to` unless someone (the CLI aborting) already moved it.
+    fn advance(&self, from: u32, to: u32) {
+        let _ = self
+            .word(W_PHASE)
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst);
+        sys::futex_wake_shared(self.word(W_PHASE));
+    }
+
+    /// In the writer child: waits until every member has forked (or the checkpoint was
+    /// abandoned), so that writers compressing do not take the CPUs the members' pause
+    /// still needs.
+    pub fn writer_waits_for_release(addr: usize) {
+        let b = core::mem::ManuallyDrop::new(Barrier { addr });
+        let _ = b.wait_past(PHASE_FORK);
     }
 }
 

@@ -45,6 +45,7 @@ pub extern "C" fn writer_main() -> ! {
         let cap = unsafe { &mut *CAPTURE.get() };
         let (pid, id) = (cap.pid, cap.request_id);
         if cap.barrier_page != 0 {
+            crate::barrier::Barrier::writer_waits_for_release(cap.barrier_page);
             // SAFETY: the barrier page is the parent's; this copy of it is unused here.
             let _ = unsafe { sys::munmap(cap.barrier_page, crate::barrier::PAGE) };
         }
