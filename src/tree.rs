@@ -3,8 +3,8 @@
 //!
 //! The steps: find the tree (parents before children) and check that every member runs the
 //! library; leave each a request and a link to one shared barrier page; signal them all;
-//! move the barrier's phase on as the members stop (gather), capture and fork (fork), then
-//! let them run (release); wait for every member's report; embed the members' images in the
+//! watch the barrier while the members stop (gather), capture and fork (fork) and run on
+//! (release), the last member of each step moving it on, and abort it at the timeout; wait for every member's report; embed the members' images in the
 //! root's and give the result its final name. The library's side is `cdylib/src/barrier.rs`.
 
 use std::fs::{self, File, OpenOptions};

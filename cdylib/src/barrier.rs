@@ -2,8 +2,10 @@
 //! waits until all members have; all capture and fork; none runs on until all have forked.
 //! So no member reads or writes a pipe, socket or shared memory of another between the
 //! first capture and the last fork: one consistent cut. `forkpoint checkpoint` on the root
-//! coordinates: it creates one page in the runtime directory, links it into every member's
-//! directory as `barrier.<request id>`, and moves the phase on as the counts fill.
+//! sets it up: it creates one page in the runtime directory and links it into every member's
+//! directory as `barrier.<request id>`. The last member to arrive moves the phase to fork,
+//! the last to fork to release; the CLI only aborts, at its timeout. Writers wait for the
+//! release before they compress, so they do not take the CPUs the pause still needs.
 //!
 //! Page layout (little-endian u32 words; the CLI's `tree` module writes the same):
 //! 0 magic, 1 members, 2 arrived, 3 phase, 4 forked, 5 timeout in ms, 16.. the PIDs of the
