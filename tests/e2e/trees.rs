@@ -319,3 +319,39 @@ fn a_member_without_the_library_is_named() {
     }
     run.proc.wait(WAIT);
 }
+
+/// A file behind a member's mapping changed after the checkpoint: the whole restart is
+/// refused before any process of the tree runs (nothing more is written to its output).
+#[test]
+fn a_changed_file_refuses_the_whole_tree_before_anything_runs() {
+    let t = TestDir::new("tree_changed");
+    let exe = compile_c(&t.path, "tree_pipeline", PIPELINE_C);
+    let mut run = TreeRun::start(
+        &t.sub("run"),
+        &t.join("rt"),
+        &[exe.as_os_str(), OsStr::new("go")],
+        true,
+    );
+    run.wait_for("the program to be ready", |r| {
+        read_lossy(&r.out).contains("ready")
+    });
+    let image = checkpoint_kill_restart(&mut run, 2);
+    // The same program built again: same path, another file.
+    let rebuilt = compile_c(&t.sub("again"), "tree_pipeline", PIPELINE_C);
+    fs::rename(&rebuilt, &exe).unwrap();
+    run.go();
+    let before = read_lossy(&run.out);
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(!st.success() && st.code() == Some(1), "{st}\n{err}");
+    assert!(
+        err.contains("changed"),
+        "the refusal should say what changed:\n{err}"
+    );
+    assert_eq!(
+        read_lossy(&run.out),
+        before,
+        "a process of the refused tree ran"
+    );
+}
