@@ -123,10 +123,17 @@ fn restore_process(
     verify::check_owner(path, opts.allow_foreign_owner)?;
     let meta = &img.metadata;
     let creds = verify::credentials_to_take(meta)?;
-    if opts.strict && !meta.warnings.is_empty() {
+    // In a tree, a pipe or socket to another member is restored faithfully.
+    let unfaithful: Vec<&String> = meta
+        .warnings
+        .iter()
+        .filter(|w| !member.is_some_and(|m| m.covers(w)))
+        .collect();
+    if opts.strict && !unfaithful.is_empty() {
+        let list: Vec<&str> = unfaithful.iter().map(|w| w.as_str()).collect();
         return Err(RestoreError::Refused(format!(
             "--strict: the image holds what cannot be restored faithfully:\n  {}",
-            meta.warnings.join("\n  ")
+            list.join("\n  ")
         )));
     }
     say(&format!(
@@ -181,12 +188,7 @@ fn restore_process(
     let base = fds::spare_base(meta);
     sys::raise_nofile(base as u64 + meta.fds.len() as u64 + 16).map_err(RestoreError::Failed)?;
     let (prepared, mut warnings) = fds::prepare(img, base, member.map(|m| &m.shared))?;
-    warnings.extend(
-        meta.warnings
-            .iter()
-            .filter(|w| !member.is_some_and(|m| m.covers(w)))
-            .cloned(),
-    );
+    warnings.extend(unfaithful.into_iter().cloned());
     warnings.extend(advice_warnings);
     warnings.extend(file_warnings);
     warnings.extend(verify::credential_warnings(meta, creds.as_ref()));
