@@ -432,10 +432,13 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
     );
     drop(cleanup);
     if args.kill {
-        // Children first, so no parent reacts to a child's death before it dies itself.
-        for m in members.iter().rev() {
-            // SAFETY: kill with a valid signal has no memory-safety preconditions.
-            unsafe { libc::kill(m.pid, libc::SIGKILL) };
+        // All stopped first, then all killed: no process of the tree can see another die
+        // and react (a shell reporting its child's death and exiting on its own).
+        for sig in [libc::SIGSTOP, libc::SIGKILL] {
+            for m in &members {
+                // SAFETY: kill with a valid signal has no memory-safety preconditions.
+                unsafe { libc::kill(m.pid, sig) };
+            }
         }
         eprintln!(
             "forkpoint: killed the {} processes of the tree",
