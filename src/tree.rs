@@ -23,22 +23,11 @@ use crate::checkpoint::{check_target, fmt_duration, process_alive, random_id, si
 use crate::control::{self, Report, TargetEnv};
 use crate::{fmt_bytes, parse, CliError};
 
-// The barrier page; the same layout as the library's (cdylib/src/barrier.rs).
-const MAGIC: u32 = 0x5442_5046;
-const PAGE: usize = 4096;
-const W_MAGIC: usize = 0;
-const W_MEMBERS: usize = 1;
-const W_ARRIVED: usize = 2;
-const W_PHASE: usize = 3;
-const W_FORKED: usize = 4;
-const W_TIMEOUT_MS: usize = 5;
-const W_PIDS: usize = 16;
-const PHASE_GATHER: u32 = 0;
-const PHASE_FORK: u32 = 1;
-const PHASE_RELEASE: u32 = 2;
-const PHASE_ABORT: u32 = 3;
-/// Most members the barrier page has room for.
-pub const MAX_MEMBERS: usize = PAGE / 4 - W_PIDS;
+pub use forkpoint_image::tree_barrier::MAX_MEMBERS;
+use forkpoint_image::tree_barrier::{
+    MAGIC, PAGE, PHASE_ABORT, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, W_ARRIVED, W_FORKED,
+    W_MAGIC, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS,
+};
 
 /// A process as `/proc/PID/stat` shows it.
 #[derive(Debug, Clone, PartialEq)]

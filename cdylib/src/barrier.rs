@@ -7,9 +7,7 @@
 //! the last to fork to release; the CLI only aborts, at its timeout. Writers wait for the
 //! release before they compress, so they do not take the CPUs the pause still needs.
 //!
-//! Page layout (little-endian u32 words; the CLI's `tree` module writes the same):
-//! 0 magic, 1 members, 2 arrived, 3 phase, 4 forked, 5 timeout in ms, 16.. the PIDs of the
-//! arrived members in arrival order.
+//! The page's layout is `forkpoint_image::tree_barrier`, shared with the CLI.
 //!
 //! Runs in the leader's signal handler. Allowed: the raw syscalls of `sys`, atomics on the
 //! shared page. Not allowed: allocation, stdio, locks.
@@ -20,19 +18,11 @@ use crate::fixbuf::FixBuf;
 use crate::report;
 use crate::sys;
 
-pub const MAGIC: u32 = 0x5442_5046; // "FPBT"
-pub const PAGE: usize = 4096;
-pub const W_MEMBERS: usize = 1;
-pub const W_ARRIVED: usize = 2;
-pub const W_PHASE: usize = 3;
-pub const W_FORKED: usize = 4;
-pub const W_TIMEOUT_MS: usize = 5;
-pub const W_PIDS: usize = 16;
-/// Phases the coordinator sets.
-pub const PHASE_GATHER: u32 = 0;
-pub const PHASE_FORK: u32 = 1;
-pub const PHASE_RELEASE: u32 = 2;
-// Any other phase (the CLI writes 3) abandons the checkpoint.
+pub use forkpoint_image::tree_barrier::PAGE;
+use forkpoint_image::tree_barrier::{
+    MAGIC, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, W_ARRIVED, W_FORKED, W_MEMBERS, W_PHASE,
+    W_PIDS, W_TIMEOUT_MS,
+};
 
 /// A mapped barrier page, unmapped on drop.
 pub struct Barrier {

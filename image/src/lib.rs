@@ -65,6 +65,28 @@ pub const FLAG_INCREMENTAL: u32 = 1;
 /// the writer child 0, an error a negative errno). Larger than any pid.
 pub const RESUME_RESTORED: u64 = 0x4650_0000_0000_0001;
 
+/// The page a tree checkpoint's members and `forkpoint checkpoint --tree` share
+/// (little-endian u32 words): word 0 magic, 1 members, 2 arrived, 3 phase, 4 forked,
+/// 5 timeout in ms, from 16 the PIDs of the arrived members in arrival order.
+pub mod tree_barrier {
+    pub const MAGIC: u32 = 0x5442_5046; // "FPBT"
+    pub const PAGE: usize = 4096;
+    pub const W_MAGIC: usize = 0;
+    pub const W_MEMBERS: usize = 1;
+    pub const W_ARRIVED: usize = 2;
+    pub const W_PHASE: usize = 3;
+    pub const W_FORKED: usize = 4;
+    pub const W_TIMEOUT_MS: usize = 5;
+    pub const W_PIDS: usize = 16;
+    /// Most members the page has room for.
+    pub const MAX_MEMBERS: usize = PAGE / 4 - W_PIDS;
+    pub const PHASE_GATHER: u32 = 0;
+    pub const PHASE_FORK: u32 = 1;
+    pub const PHASE_RELEASE: u32 = 2;
+    /// Any other phase abandons the checkpoint; the CLI writes this one.
+    pub const PHASE_ABORT: u32 = 3;
+}
+
 /// Layout of the library's restore-info block, whose address the image records in
 /// [`LibraryInfo::restore_info_addr`]. The loader writes it into the staged memory so the
 /// library learns, when it resumes, that it was restored and what to clean up.
