@@ -67,6 +67,20 @@ impl TreeRun {
     }
 }
 
+/// `tree_pipeline` under forkpoint in `t`'s `run` directory, once it has filled its pipes.
+fn start_pipeline_ready(t: &TestDir, exe: &Path) -> TreeRun {
+    let run = TreeRun::start(
+        &t.sub("run"),
+        &t.join("rt"),
+        &[exe.as_os_str(), OsStr::new("go")],
+        true,
+    );
+    run.wait_for("the program to be ready", |r| {
+        read_lossy(&r.out).contains("ready")
+    });
+    run
+}
+
 /// `forkpoint checkpoint --tree [args] PID`.
 fn checkpoint_tree(pid: i32, args: &[&str]) -> Ckpt {
     let mut a: Vec<&OsStr> = vec![OsStr::new("--tree")];
@@ -237,15 +251,7 @@ fn three_stage_shell_pipeline_with_data_in_both_pipes() {
 fn a_member_that_never_arrives_fails_the_checkpoint_and_releases_everyone() {
     let t = TestDir::new("tree_stuck");
     let exe = compile_c(&t.path, "tree_pipeline", PIPELINE_C);
-    let mut run = TreeRun::start(
-        &t.sub("run"),
-        &t.join("rt"),
-        &[exe.as_os_str(), OsStr::new("go")],
-        true,
-    );
-    run.wait_for("the program to be ready", |r| {
-        read_lossy(&r.out).contains("ready")
-    });
+    let mut run = start_pipeline_ready(&t, &exe);
     let pids = tree_pids(run.proc.pid);
     assert_eq!(pids.len(), 2);
     // SAFETY: stopping the child this test started.
@@ -326,15 +332,7 @@ fn a_member_without_the_library_is_named() {
 fn a_changed_file_refuses_the_whole_tree_before_anything_runs() {
     let t = TestDir::new("tree_changed");
     let exe = compile_c(&t.path, "tree_pipeline", PIPELINE_C);
-    let mut run = TreeRun::start(
-        &t.sub("run"),
-        &t.join("rt"),
-        &[exe.as_os_str(), OsStr::new("go")],
-        true,
-    );
-    run.wait_for("the program to be ready", |r| {
-        read_lossy(&r.out).contains("ready")
-    });
+    let mut run = start_pipeline_ready(&t, &exe);
     let image = checkpoint_kill_restart(&mut run, 2);
     // The same program built again: same path, another file.
     let rebuilt = compile_c(&t.sub("again"), "tree_pipeline", PIPELINE_C);
