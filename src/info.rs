@@ -166,10 +166,17 @@ fn tree_members(path: &Path, img: &ImageFile) -> Result<Vec<(i32, ImageFile)>, C
     Ok(out)
 }
 
-/// Pipes and socket pairs that more than one process of a tree holds: (kind, inode, pids).
+/// Pipes, socket pairs and shared memory that more than one process of a tree holds:
+/// (kind, inode, pids).
 pub fn shared_objects(members: &[(i32, ImageFile)]) -> Vec<(&'static str, u64, Vec<i32>)> {
     let mut seen: std::collections::BTreeMap<(&'static str, u64), Vec<i32>> = Default::default();
     for (pid, m) in members {
+        for obj in m.metadata.mappings.iter().filter_map(|m| m.memory_object) {
+            let pids = seen.entry(("memory", obj.inode)).or_default();
+            if !pids.contains(pid) {
+                pids.push(*pid);
+            }
+        }
         for f in &m.metadata.fds {
             let key = match &f.kind {
                 FdKind::Pipe { pipe: Some(p) } => ("pipe", p.ino),
@@ -588,6 +595,7 @@ mod tests {
             kind: MappingKind::Anonymous,
             contents: Contents::Stored,
             approximation: None,
+            memory_object: None,
         }
     }
 

@@ -8,7 +8,7 @@
 
 use forkpoint_image::{
     self as image, AltStack, Contents, CpuInfo, DataBlob, Footer, Header, Mapping, MappingKind,
-    Metadata, MmFields, ProcessInfo, Rlimit, Rseq, SigAction, ThreadState, PAGE_SIZE,
+    MemoryObject, Metadata, MmFields, ProcessInfo, Rlimit, Rseq, SigAction, ThreadState, PAGE_SIZE,
 };
 
 use crate::compress::Chunker;
@@ -394,6 +394,7 @@ fn write_body(
                 kind: MappingKind::Anonymous,
                 contents: Contents::Empty,
                 approximation: None,
+                memory_object: None,
             });
             continue;
         }
@@ -553,6 +554,14 @@ fn write_body(
         } else if matches!(kind, MappingKind::SharedFile { .. }) {
             meta.stats.pages_from_file += (e.end - e.start) / PAGE_SIZE;
         }
+        // Shared memory saved with its contents: which object, so that the processes of a
+        // tree that share it share it again.
+        let memory_object = (matches!(kind, MappingKind::SharedAnonymous)
+            && contents == Contents::Stored)
+            .then(|| MemoryObject {
+                dev: libc::makedev(e.dev_major, e.dev_minor),
+                inode: e.inode,
+            });
         meta.mappings.push(Mapping {
             start: e.start,
             end: e.end,
@@ -561,7 +570,8 @@ fn write_body(
             offset: if matches!(
                 kind,
                 MappingKind::File { .. } | MappingKind::SharedFile { .. }
-            ) {
+            ) || memory_object.is_some()
+            {
                 e.offset
             } else {
                 0
@@ -570,6 +580,7 @@ fn write_body(
             kind,
             contents,
             approximation,
+            memory_object,
         });
     }
     let t_walked = sys::monotonic_ns();

@@ -99,6 +99,7 @@ fn main() {
             kind,
             contents,
             approximation: None,
+            memory_object: None,
         });
         at += 0x10_0000;
     }
@@ -112,6 +113,7 @@ fn main() {
         kind: MappingKind::Vsyscall,
         contents: Contents::NotStored,
         approximation: None,
+        memory_object: None,
     });
     m.mappings.sort_by_key(|x| x.start);
     m.fds = vec![

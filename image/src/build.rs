@@ -380,6 +380,7 @@ pub fn sample_metadata() -> Metadata {
             kind: MappingKind::Anonymous,
             contents: Contents::Stored,
             approximation: None,
+            memory_object: None,
         },
         Mapping {
             start: 0x2000_0000,
@@ -400,6 +401,7 @@ pub fn sample_metadata() -> Metadata {
             },
             contents: Contents::NotStored,
             approximation: None,
+            memory_object: None,
         },
         Mapping {
             start: stack_end - 32 * PAGE_SIZE,
@@ -411,6 +413,7 @@ pub fn sample_metadata() -> Metadata {
             kind: MappingKind::Stack,
             contents: Contents::Stored,
             approximation: None,
+            memory_object: None,
         },
     ];
     m.threads = vec![ThreadState {

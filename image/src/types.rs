@@ -226,7 +226,8 @@ pub struct Mapping {
     pub end: u64,
     pub prot: u32,
     pub shared: bool,
-    /// File offset for file mappings, 0 otherwise.
+    /// Offset in the file (file mappings) or in the shared memory object (`memory_object`),
+    /// 0 otherwise.
     pub offset: u64,
     /// The pathname column of `/proc/self/maps` (`[heap]`, `/usr/lib/...`, empty).
     pub name: String,
@@ -235,6 +236,19 @@ pub struct Mapping {
     /// How the restored mapping differs from the original, if it does (`None`: faithful).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approximation: Option<String>,
+    /// The kernel object behind shared memory saved with its contents (shared anonymous
+    /// memory, a deleted `/dev/shm` file): the processes of a tree that map the same object
+    /// share one again after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_object: Option<MemoryObject>,
+}
+
+/// Identity of a shared memory object at checkpoint time (its device and inode in
+/// `/proc/PID/maps`), only compared between the processes of one tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemoryObject {
+    pub dev: u64,
+    pub inode: u64,
 }
 
 /// Identity of a file as seen at checkpoint time; a restart checks it has not changed.

@@ -711,6 +711,7 @@ fn test_metadata_checks() {
                     kind: MappingKind::Anonymous,
                     contents: Contents::NotStored,
                     approximation: None,
+                    memory_object: None,
                 })
             },
             &["mapping 3", "outside user space"],
@@ -761,6 +762,7 @@ fn test_metadata_checks() {
             kind: MappingKind::Vsyscall,
             contents: Contents::NotStored,
             approximation: None,
+            memory_object: None,
         });
     });
     ImageFile::from_bytes(&b).unwrap();

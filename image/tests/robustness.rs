@@ -78,6 +78,7 @@ fn mapping() -> impl Strategy<Value = Mapping> {
                 kind,
                 contents,
                 approximation: None,
+                memory_object: None,
             },
         )
 }

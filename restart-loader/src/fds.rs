@@ -11,17 +11,20 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
 use forkpoint_image::{
-    EpollEntry, FdEntry, FdKind, FdRestore, FileLock, ImageFile, Metadata, PipeInfo, SocketInfo,
+    EpollEntry, FdEntry, FdKind, FdRestore, FileLock, ImageFile, MemoryObject, Metadata, PipeInfo,
+    SocketInfo,
 };
 
 use crate::RestoreError;
 
-/// Pipes (read end, write end) and socket-pair ends of a process tree, by inode, that its
-/// processes share: made once before the processes start, inherited by each.
+/// Pipes (read end, write end) and socket-pair ends of a process tree, by inode, and the
+/// shared memory objects (memfds) its processes share: made once before the processes
+/// start, inherited by each.
 #[derive(Debug, Default)]
 pub struct SharedFds {
     pub pipes: HashMap<u64, (RawFd, RawFd)>,
     pub sockets: HashMap<u64, RawFd>,
+    pub memory: HashMap<MemoryObject, RawFd>,
 }
 
 /// A descriptor ready to be moved into place.

@@ -127,7 +127,7 @@ fn restore_process(
     let unfaithful: Vec<&String> = meta
         .warnings
         .iter()
-        .filter(|w| !member.is_some_and(|m| m.covers(w)))
+        .filter(|w| !member.is_some_and(|m| m.covers(meta, w)))
         .collect();
     if opts.strict && !unfaithful.is_empty() {
         let list: Vec<&str> = unfaithful.iter().map(|w| w.as_str()).collect();
@@ -162,7 +162,7 @@ fn restore_process(
     ));
 
     // Stage memory.
-    stage::map_regions(meta, &layout)?;
+    stage::map_regions(meta, &layout, member.map(|m| &m.shared))?;
     let stage_map = stage::StageMap::new(meta, &layout);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

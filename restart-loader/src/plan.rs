@@ -883,6 +883,7 @@ mod tests {
             kind,
             contents: Contents::Stored,
             approximation: None,
+            memory_object: None,
         }
     }
 

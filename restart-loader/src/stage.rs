@@ -11,6 +11,7 @@ use forkpoint_image::{
     restore_info, thread_table, Contents, ImageFile, MappingKind, Metadata, PAGE_SIZE,
 };
 
+use crate::fds::SharedFds;
 use crate::plan::Layout;
 use crate::{sys, RestoreError};
 
@@ -57,7 +58,11 @@ fn prot_flags(p: u32) -> i32 {
 }
 
 /// Maps every staged region (anonymous or from its file) inside the reservation.
-pub fn map_regions(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError> {
+pub fn map_regions(
+    meta: &Metadata,
+    layout: &Layout,
+    tree: Option<&SharedFds>,
+) -> Result<(), RestoreError> {
     let (rs, re) = layout.reservation;
     sys::reserve(rs, re - rs)
         .map_err(|e| RestoreError::os(format!("cannot reserve the staging area at {rs:#x}"), e))?;
@@ -71,6 +76,7 @@ pub fn map_regions(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError>
                 e,
             )
         };
+        let tree_object = m.memory_object.and_then(|o| tree?.memory.get(&o).copied());
         match &m.kind {
             MappingKind::File { file } | MappingKind::SharedFile { file } => {
                 let shared = matches!(m.kind, MappingKind::SharedFile { .. });
@@ -95,6 +101,13 @@ pub fn map_regions(meta: &Metadata, layout: &Layout) -> Result<(), RestoreError>
                 };
                 // SAFETY: inside our reservation, which nothing else uses.
                 unsafe { sys::mmap_fixed(s.staged_at, len, prot, flags, f.as_raw_fd(), m.offset) }
+                    .map_err(what)?;
+            }
+            MappingKind::SharedAnonymous if tree_object.is_some() => {
+                // Memory another process of the tree maps too: the tree's object.
+                let fd = tree_object.unwrap_or(-1);
+                // SAFETY: inside our reservation; fd is the tree's memfd, sized to hold it.
+                unsafe { sys::mmap_fixed(s.staged_at, len, rw, libc::MAP_SHARED, fd, m.offset) }
                     .map_err(what)?;
             }
             MappingKind::SharedAnonymous => {

@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use forkpoint_image::{FdKind, ImageFile, TreeMember};
+use forkpoint_image::{FdKind, ImageFile, Mapping, MemoryObject, Metadata, TreeMember};
 
 use crate::fds::SharedFds;
 use crate::{verify, RestoreError, RestoreOptions};
@@ -29,14 +29,21 @@ pub struct MemberSync {
 }
 
 impl MemberSync {
-    /// Whether an image's warning is about a pipe or socket this tree shares: restored
-    /// faithfully, the other end is another member.
-    pub fn covers(&self, warning: &str) -> bool {
+    /// Whether a warning of this member's image is about a pipe, socket or shared memory
+    /// this tree shares: restored faithfully, the other end is another member.
+    pub fn covers(&self, meta: &Metadata, warning: &str) -> bool {
         let shared = |ino: &u64| {
             warning.contains(&format!("pipe:[{ino}]"))
                 || warning.contains(&format!("socket:[{ino}]"))
         };
-        self.shared.pipes.keys().any(shared) || self.shared.sockets.keys().any(shared)
+        let shared_memory = |m: &Mapping| {
+            m.memory_object
+                .is_some_and(|o| self.shared.memory.contains_key(&o))
+                && warning.starts_with(&format!("mapping {:#x}-{:#x}:", m.start, m.end))
+        };
+        self.shared.pipes.keys().any(shared)
+            || self.shared.sockets.keys().any(shared)
+            || meta.mappings.iter().any(shared_memory)
     }
 
     /// Says this member is staged, and waits until every member is. Err: another member
@@ -182,6 +189,7 @@ fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
     }
     let mut shared = SharedFds::default();
     let err = |what: &str, e: std::io::Error| RestoreError::os(what.into(), e);
+    shared.memory = make_shared_memory(members)?;
     for m in members {
         for f in &m.metadata.fds {
             match &f.kind {
@@ -257,6 +265,51 @@ fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
         }
     }
     Ok(shared)
+}
+
+/// A memfd for each shared memory object more than one member maps, as large as the
+/// furthest mapping of it reaches; each member maps it and fills its part from its image
+/// (all saw the same bytes at the cut).
+fn make_shared_memory(members: &[ImageFile]) -> Result<HashMap<MemoryObject, RawFd>, RestoreError> {
+    let mut holders: HashMap<MemoryObject, (usize, u64)> = HashMap::new();
+    for m in members {
+        let mut seen = Vec::new();
+        for map in &m.metadata.mappings {
+            let Some(obj) = map.memory_object else {
+                continue;
+            };
+            let end = map.offset.saturating_add(map.end - map.start);
+            let h = holders.entry(obj).or_default();
+            h.1 = h.1.max(end);
+            if !seen.contains(&obj) {
+                seen.push(obj);
+                h.0 += 1;
+            }
+        }
+    }
+    let mut memory = HashMap::new();
+    for (obj, (n, size)) in holders {
+        if n < 2 {
+            continue;
+        }
+        // SAFETY: NUL-terminated name; flags are plain bits.
+        let fd = unsafe { libc::memfd_create(c"forkpoint-shared".as_ptr(), libc::MFD_CLOEXEC) };
+        cvt(fd as _, "memfd_create")?;
+        // SAFETY: plain ftruncate of our memfd.
+        if unsafe { libc::ftruncate(fd, size as libc::off_t) } != 0 {
+            let e = std::io::Error::last_os_error();
+            close(fd);
+            return Err(RestoreError::os(
+                format!(
+                    "cannot size the shared memory object {} to {size} bytes",
+                    obj.inode
+                ),
+                e,
+            ));
+        }
+        memory.insert(obj, fd);
+    }
+    Ok(memory)
 }
 
 /// The root's PID inside the namespace, for init's signal forwarding.
@@ -397,7 +450,12 @@ pub fn restore_tree(
         close(r);
         close(w);
     }
-    for &s in sync.shared.sockets.values() {
+    for &s in sync
+        .shared
+        .sockets
+        .values()
+        .chain(sync.shared.memory.values())
+    {
         close(s);
     }
     // Every member says R (staged) or F; a member that dies says nothing.

@@ -353,3 +353,69 @@ fn a_changed_file_refuses_the_whole_tree_before_anything_runs() {
         "a process of the refused tree ran"
     );
 }
+
+const POOL_PY: &str = r#"
+import hashlib, multiprocessing as mp, os, time
+
+def work(i):
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    return hashlib.sha256(str(i).encode()).hexdigest()[:16]
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    with mp.Pool(2) as pool:
+        print("ready", flush=True)
+        for i, h in enumerate(pool.imap(work, range(300))):
+            print(i, h, flush=True)
+    print("done", flush=True)
+"#;
+
+/// Python `multiprocessing.Pool(2)` with `imap`: the parent (with its pool threads) and both
+/// workers come back, with the task and result pipes and the semaphores they share (deleted
+/// `/dev/shm` files, one memory object for all three again), and the results are those of
+/// an uninterrupted run.
+#[test]
+fn python_multiprocessing_pool_imap() {
+    let t = TestDir::new("tree_pool");
+    let script = t.join("job.py");
+    fs::write(&script, POOL_PY).unwrap();
+    let argv = [OsStr::new("/usr/bin/python3"), script.as_os_str()];
+    let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
+
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
+    control.wait_for("the control pool to be ready", ready);
+    control.go();
+    let expected = control.finishes();
+    assert!(expected.ends_with("done\n"), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the pool to be ready", |r| {
+        ready(r) && tree_pids(r.proc.pid).len() == 3
+    });
+    let image = checkpoint_kill_restart(&mut run, 3);
+    let info = info_json(&image);
+    let shared = info["shared_objects"].as_array().expect("shared objects");
+    let memory: Vec<_> = shared.iter().filter(|o| o["kind"] == "memory").collect();
+    assert!(
+        memory
+            .iter()
+            .any(|o| o["processes"].as_array().is_some_and(|p| p.len() == 3)),
+        "no memory shared by all three processes: {shared:?}"
+    );
+
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(st.success(), "the restarted pool ended with {st}\n{err}");
+    assert_eq!(
+        read_lossy(&run.out),
+        expected,
+        "the restarted pool's output differs"
+    );
+    assert!(
+        !err.contains("/dev/shm/sem."),
+        "a shared semaphore was approximated:\n{err}"
+    );
+}
