@@ -157,6 +157,7 @@ fn tree_members(path: &Path, img: &ImageFile) -> Result<Vec<(i32, ImageFile)>, C
         .tree
         .iter()
         .flat_map(|t| t.members.iter().skip(1))
+        .filter(|t| t.exited.is_none())
     {
         let m = img.open_member(path, t.pid).map_err(|e| {
             CliError::new(format!("{}: tree member {}: {e}", path.display(), t.pid))
@@ -198,6 +199,15 @@ pub fn shared_objects(members: &[(i32, ImageFile)]) -> Vec<(&'static str, u64, V
         .collect()
 }
 
+/// A wait status as a person reads it.
+fn wait_status(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exited with {}", libc::WEXITSTATUS(status))
+    }
+}
+
 fn render_tree(img: &ImageFile, members: &[(i32, ImageFile)]) -> String {
     let Some(tree) = &img.metadata.tree else {
         return String::new();
@@ -217,16 +227,23 @@ fn render_tree(img: &ImageFile, members: &[(i32, ImageFile)]) -> String {
         "pid", "ppid", "pgid", "sid", "thr", "bytes"
     );
     for t in &tree.members {
+        let program = match t.exited {
+            None => shell_words(&t.cmdline),
+            Some(status) => format!(
+                "{} (zombie, {}: its parent has not reaped it; restored so)",
+                shell_words(&t.cmdline),
+                wait_status(status)
+            ),
+        };
         let _ = writeln!(
             w,
-            "  {:>7} {:>7} {:>7} {:>7} {:>5} {:>10}  {}",
+            "  {:>7} {:>7} {:>7} {:>7} {:>5} {:>10}  {program}",
             t.pid,
             t.ppid,
             t.pgid,
             t.sid,
             t.threads,
             fmt_bytes(t.bytes),
-            shell_words(&t.cmdline)
         );
     }
     for (kind, ino, pids) in shared_objects(members) {

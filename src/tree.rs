@@ -26,7 +26,7 @@ use crate::{fmt_bytes, parse, CliError};
 pub use forkpoint_image::tree_barrier::MAX_MEMBERS;
 use forkpoint_image::tree_barrier::{
     MAGIC, PAGE, PHASE_ABORT, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, W_ARRIVED, W_FORKED,
-    W_MAGIC, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS,
+    W_MAGIC, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED, W_WRITERS,
 };
 
 /// A process as `/proc/PID/stat` shows it.
@@ -38,6 +38,10 @@ pub struct ProcStat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// When it started, in clock ticks after boot (field 22).
+    pub start_ticks: u64,
+    /// A zombie's wait status (field 52); 0 otherwise.
+    pub exit_code: i32,
 }
 
 /// Parses `/proc/PID/stat` (the command name may hold spaces and parentheses).
@@ -51,6 +55,10 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let ppid = rest.next()?.parse().ok()?;
     let pgid = rest.next()?.parse().ok()?;
     let sid = rest.next()?.parse().ok()?;
+    // Fields 7.. (rest now starts at field 7): starttime is 22, exit_code 52.
+    let mut rest = rest.skip(22 - 7);
+    let start_ticks = rest.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let exit_code = rest.nth(52 - 23).and_then(|v| v.parse().ok()).unwrap_or(0);
     Some(ProcStat {
         pid,
         comm,
@@ -58,16 +66,26 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         ppid,
         pgid,
         sid,
+        start_ticks,
+        exit_code,
     })
 }
 
-/// `root` and its descendants among `all`, parents before children (breadth first).
+/// The library's writer children are named so: they are not the program's processes.
+const WRITER_COMM: &str = "fp-writer";
+
+/// `root` and its descendants among `all`, parents before children (breadth first),
+/// without the library's image writers.
 pub fn tree_of(root: i32, all: &[ProcStat]) -> Vec<ProcStat> {
     let mut out: Vec<ProcStat> = all.iter().filter(|p| p.pid == root).cloned().collect();
     let mut i = 0;
     while i < out.len() {
         let parent = out[i].pid;
-        let mut kids: Vec<ProcStat> = all.iter().filter(|p| p.ppid == parent).cloned().collect();
+        let mut kids: Vec<ProcStat> = all
+            .iter()
+            .filter(|p| p.ppid == parent && p.comm != WRITER_COMM)
+            .cloned()
+            .collect();
         kids.sort_by_key(|p| p.pid);
         out.extend(kids);
         i += 1;
@@ -186,6 +204,13 @@ impl BarrierPage {
         }
     }
 
+    fn writer_pids(&self) -> Vec<i32> {
+        let n = (self.word(W_FORKED).load(Ordering::SeqCst) as usize).min(MAX_MEMBERS);
+        (0..n)
+            .map(|k| self.word(W_WRITERS + k).load(Ordering::SeqCst) as i32)
+            .collect()
+    }
+
     fn arrived_pids(&self) -> Vec<i32> {
         let n = (self.word(W_ARRIVED).load(Ordering::SeqCst) as usize).min(MAX_MEMBERS);
         (0..n)
@@ -229,42 +254,106 @@ fn name_of(p: &ProcStat) -> String {
     format!("{} ({})", p.pid, p.comm)
 }
 
-/// Checkpoints the tree under `args.root`. Returns the image's path.
+/// Why an attempt made no image.
+enum Again {
+    /// The tree changed under the checkpoint (a process started, exited or was still
+    /// starting its program): another attempt may succeed.
+    Retry(String),
+    Fail(CliError),
+}
+
+impl From<CliError> for Again {
+    fn from(e: CliError) -> Again {
+        Again::Fail(e)
+    }
+}
+
+/// Checkpoints the tree under `args.root`. Returns the image's path. A tree that changes
+/// during an attempt (a build starting and ending jobs) is tried again until the timeout.
 pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
     let t0 = Instant::now();
-    let root = args.root;
-    let members = tree_of(root, &all_processes());
-    if members.is_empty() {
-        return Err(CliError::new(format!("no process with PID {root}")));
+    let deadline = t0 + args.timeout;
+    let mut backoff = Duration::from_millis(2);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match attempt_tree(args, t0, deadline) {
+            Ok(path) => return Ok(path),
+            Err(Again::Fail(e)) => return Err(e),
+            Err(Again::Retry(why)) => {
+                if Instant::now() + backoff >= deadline {
+                    return Err(CliError::new(format!(
+                        "the tree under {} kept changing during the checkpoint ({attempt} \
+                         attempts in {}; the last: {why}); no image, the processes run on",
+                        args.root,
+                        fmt_duration(args.timeout)
+                    )));
+                }
+                // Not a wait for a condition: a pause before trying again, growing.
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+        }
     }
-    if members.len() > MAX_MEMBERS {
+}
+
+/// A process that started less than this long ago may still be loading its program (and
+/// the library): not being ready is then a reason to try again, not to fail.
+const STARTING: Duration = Duration::from_secs(2);
+
+fn age(p: &ProcStat) -> Option<Duration> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let up: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs_f64(
+        (up - p.start_ticks as f64 / hz).max(0.0),
+    ))
+}
+
+fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<String, Again> {
+    let root = args.root;
+    let listed = tree_of(root, &all_processes());
+    if listed.is_empty() {
+        return Err(CliError::new(format!("no process with PID {root}")).into());
+    }
+    if listed[0].state == 'Z' {
+        return Err(CliError::new(format!("process {root} has exited (zombie)")).into());
+    }
+    if listed.len() > MAX_MEMBERS {
         return Err(CliError::new(format!(
             "the tree under {root} has {} processes; at most {MAX_MEMBERS} can be checkpointed together",
-            members.len()
-        )));
+            listed.len()
+        ))
+        .into());
     }
+    // Zombies are part of the tree (their parents will reap them) but take no part in the
+    // barrier.
+    let (members, zombies): (Vec<ProcStat>, Vec<ProcStat>) =
+        listed.iter().cloned().partition(|p| p.state != 'Z');
     let mut signals = Vec::new();
     for m in &members {
-        if m.state == 'Z' {
-            return Err(CliError::new(format!(
-                "process {} of the tree is a zombie not yet reaped by its parent: trees with \
-                 zombies are not checkpointed yet",
-                name_of(m)
-            )));
-        }
         let env = TargetEnv::of_pid(m.pid);
         let signo = match env.get("FORKPOINT_SIGNAL") {
             Some(s) => parse::parse_signal(s)
                 .map_err(|e| CliError::new(format!("FORKPOINT_SIGNAL in {}: {e}", env.source)))?,
             None => parse::DEFAULT_SIGNAL,
         };
-        check_target(m.pid, signo).map_err(|e| {
-            CliError::new(format!(
+        if let Err(e) = check_target(m.pid, signo) {
+            let msg = format!(
                 "process {} of the tree cannot be checkpointed: {}",
                 name_of(m),
                 e.message
-            ))
-        })?;
+            );
+            if !process_alive(m.pid) || age(m).is_some_and(|a| a < STARTING) {
+                return Err(Again::Retry(msg));
+            }
+            return Err(CliError::new(msg).into());
+        }
         signals.push(signo);
     }
 
@@ -335,7 +424,9 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
         .map_err(CliError::new)?;
         let request = dir.join(format!("request.{id}"));
         cleanup.files.push(request.clone());
-        requests.push((request, dir.join(format!("report.{id}")), image));
+        let report = dir.join(format!("report.{id}"));
+        cleanup.files.push(report.clone());
+        requests.push((request, report, image));
     }
 
     // Signal everyone, then run the barrier.
@@ -345,11 +436,12 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
             return Err(CliError::new(format!(
                 "cannot signal process {} of the tree: {e}",
                 name_of(m)
-            )));
+            ))
+            .into());
         }
     }
     let n = members.len() as u32;
-    let deadline = Instant::now() + args.timeout;
+
     let mut gone = None;
     let mut alive = || {
         let dead = members.iter().find(|m| !process_alive(m.pid));
@@ -361,8 +453,9 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
     let arrived = barrier.wait_count(W_ARRIVED, n, deadline, &mut alive);
     if !arrived && barrier.advance(PHASE_GATHER, PHASE_ABORT) {
         if let Some(m) = gone {
-            return Err(CliError::new(format!(
-                "process {} of the tree exited during the checkpoint; no image (the others run on)",
+            settle(&members, &requests, &signals);
+            return Err(Again::Retry(format!(
+                "process {} exited during the checkpoint",
                 name_of(&m)
             )));
         }
@@ -377,10 +470,46 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
              checkpoint signal, or stopped?); everyone was released, no image",
             fmt_duration(args.timeout),
             missing.join(", ")
-        )));
+        ))
+        .into());
     }
     let t_stopped = t0.elapsed();
     barrier.advance(PHASE_GATHER, PHASE_FORK);
+    // Every member is stopped now (they capture and fork meanwhile): the tree must be the
+    // one listed, or a parent's image would name a child that is not in the image (or the
+    // reverse). Writers forked for this checkpoint are the only newcomers allowed.
+    let changed = |writers: &[i32]| -> Option<String> {
+        let now = tree_of(root, &all_processes());
+        if let Some(p) = now
+            .iter()
+            .find(|p| !writers.contains(&p.pid) && !listed.iter().any(|l| l.pid == p.pid))
+        {
+            return Some(format!(
+                "process {} started during the checkpoint",
+                name_of(p)
+            ));
+        }
+        listed
+            .iter()
+            .find(|l| {
+                !now.iter()
+                    .any(|p| p.pid == l.pid && (p.state == 'Z') == (l.state == 'Z'))
+            })
+            .map(|l| format!("process {} exited during the checkpoint", name_of(l)))
+    };
+    let mut verdict = changed(&[]);
+    if verdict.is_some() {
+        // Perhaps only writers, not all of them recorded yet.
+        let _ = barrier.wait_count(W_FORKED, n, deadline, &mut || true);
+        verdict = changed(&barrier.writer_pids());
+    }
+    if let Some(why) = verdict {
+        if barrier.advance(PHASE_FORK, PHASE_ABORT) {
+            settle(&members, &requests, &signals);
+            return Err(Again::Retry(why));
+        }
+    }
+    barrier.word(W_VERIFIED).store(1, Ordering::SeqCst);
     let forked = barrier.wait_count(W_FORKED, n, deadline, &mut || true)
         || !barrier.advance(PHASE_FORK, PHASE_ABORT);
     barrier.advance(PHASE_FORK, PHASE_RELEASE);
@@ -405,15 +534,21 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
         return Err(CliError::new(format!(
             "checkpoint of the tree under {root} failed (the processes run on, no image): {}",
             failures.join("; ")
-        )));
+        ))
+        .into());
     }
 
     let images: Vec<&Path> = requests.iter().map(|(_, _, i)| i.as_path()).collect();
-    let bytes = assemble(&members, &images, &args.output, id)?;
+    let bytes = assemble(&members, &zombies, &images, &args.output, id)?;
     eprintln!(
-        "forkpoint: checkpoint of the tree under {root} ({} processes) written: {}, all \
+        "forkpoint: checkpoint of the tree under {root} ({} processes{}) written: {}, all \
          stopped after {:.3} ms, longest pause {:.3} ms, durable after {} ms",
         members.len(),
+        match zombies.len() {
+            0 => String::new(),
+            1 => " and a zombie".into(),
+            z => format!(" and {z} zombies"),
+        },
         fmt_bytes(bytes),
         t_stopped.as_secs_f64() * 1e3,
         pause_us as f64 / 1e3,
@@ -437,6 +572,22 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
     Ok(args.output.display().to_string())
 }
 
+/// After an abandoned attempt: waits (briefly) for each member's report, so none is
+/// written after the attempt's files are removed.
+fn settle(members: &[ProcStat], requests: &[(PathBuf, PathBuf, PathBuf)], signals: &[i32]) {
+    for (m, (request, report, _)) in members.iter().zip(requests) {
+        if process_alive(m.pid) && fs::metadata(request).is_ok() {
+            let _ = crate::checkpoint::wait_for_report(
+                m.pid,
+                request,
+                report,
+                Duration::from_secs(2),
+                signals[0],
+            );
+        }
+    }
+}
+
 fn pad_to_page(f: &mut File) -> io::Result<u64> {
     let pos = f.seek(SeekFrom::End(0))?;
     let padded = pos.div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -451,6 +602,7 @@ fn pad_to_page(f: &mut File) -> io::Result<u64> {
 /// name, made durable, then renamed. Returns its size.
 fn assemble(
     members: &[ProcStat],
+    zombies: &[ProcStat],
     images: &[&Path],
     output: &Path,
     id: i32,
@@ -504,6 +656,23 @@ fn assemble(
                 bytes: meta.stats.pages_stored * PAGE_SIZE,
                 image_offset,
                 image_len,
+                exited: None,
+            });
+        }
+        // Zombies after the living (their parents come earlier), with their wait status.
+        for z in zombies {
+            tree.members.push(TreeMember {
+                pid: z.pid,
+                ppid: z.ppid,
+                pgid: z.pgid,
+                sid: z.sid,
+                exe: String::new(),
+                cmdline: vec![z.comm.clone()],
+                threads: 0,
+                bytes: 0,
+                image_offset: 0,
+                image_len: 0,
+                exited: Some(z.exit_code),
             });
         }
         let mut meta = root_img.metadata.clone();
@@ -525,12 +694,14 @@ fn assemble(
         // Check what we wrote before it gets the final name.
         let check =
             ImageFile::open(&tmp).map_err(|e| err("the tree image does not verify:", &tmp, &e))?;
-        for m in &check
+        for m in check
             .metadata
             .tree
             .as_ref()
             .map(|t| t.members.clone())
             .unwrap_or_default()
+            .iter()
+            .filter(|m| m.exited.is_none())
         {
             check
                 .open_member(&tmp, m.pid)
@@ -562,6 +733,8 @@ mod tests {
             ppid,
             pgid: 1,
             sid: 1,
+            start_ticks: 0,
+            exit_code: 0,
         }
     }
 
@@ -573,6 +746,15 @@ mod tests {
             (42, "a) b (c)", 'S', 7, 42, 1)
         );
         assert!(parse_stat("garbage").is_none());
+        // A zombie: starttime (field 22) and exit_code (field 52).
+        let mut fields: Vec<String> = (4..=52).map(|f| f.to_string()).collect();
+        fields[22 - 4] = "12345".into();
+        fields[52 - 4] = "1792".into();
+        let z = parse_stat(&format!("9 (sh) Z {}", fields.join(" "))).unwrap();
+        assert_eq!(
+            (z.state, z.ppid, z.start_ticks, z.exit_code),
+            ('Z', 4, 12345, 1792)
+        );
         assert!(parse_stat("1 (x) S").is_none());
     }
 

@@ -20,8 +20,8 @@ use crate::sys;
 
 pub use forkpoint_image::tree_barrier::PAGE;
 use forkpoint_image::tree_barrier::{
-    MAGIC, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, W_ARRIVED, W_FORKED, W_MEMBERS, W_PHASE,
-    W_PIDS, W_TIMEOUT_MS,
+    MAGIC, MAX_MEMBERS, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, W_ARRIVED, W_FORKED, W_MEMBERS,
+    W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED, W_WRITERS,
 };
 
 /// A mapped barrier page, unmapped on drop.
@@ -96,7 +96,7 @@ impl Barrier {
     pub fn arrive(&self, pid: i32) -> Result<(), &'static str> {
         let n = self.word(W_MEMBERS).load(Ordering::SeqCst) as usize;
         let slot = self.word(W_ARRIVED).fetch_add(1, Ordering::SeqCst) as usize;
-        if slot < n && W_PIDS + slot < PAGE / 4 {
+        if slot < n && slot < MAX_MEMBERS {
             self.word(W_PIDS + slot).store(pid as u32, Ordering::SeqCst);
         }
         sys::futex_wake_shared(self.word(W_ARRIVED));
@@ -112,16 +112,35 @@ impl Barrier {
         }
     }
 
-    /// This member has forked its writer: say so, and wait until every member has (on a
-    /// timeout or abort, run on: the writer's image is simply not used).
-    pub fn forked(&self) {
+    /// This member has forked its writer `writer`: say so, and wait until every member has
+    /// and the CLI has checked the tree (on a timeout or abort, run on: the writer sees it
+    /// and writes nothing).
+    pub fn forked(&self, writer: i32) {
         let n = self.word(W_MEMBERS).load(Ordering::SeqCst);
-        let done = self.word(W_FORKED).fetch_add(1, Ordering::SeqCst) + 1;
+        let done = self.record_writer(writer);
         sys::futex_wake_shared(self.word(W_FORKED));
-        if done == n {
+        // The CLI sets VERIFIED, then looks at FORKED; we add to FORKED, then look at
+        // VERIFIED: whichever comes second moves the phase on.
+        if done == n && self.word(W_VERIFIED).load(Ordering::SeqCst) != 0 {
             self.advance(PHASE_FORK, PHASE_RELEASE);
         }
         let _ = self.wait_past(PHASE_FORK);
+    }
+
+    /// Puts `writer` in the next writer slot; returns how many members have forked now.
+    fn record_writer(&self, writer: i32) -> u32 {
+        // A slot is taken by a CAS on a free (0) word, then FORKED counts it: when FORKED
+        // reaches n, every slot before n is filled.
+        for k in 0..MAX_MEMBERS {
+            if self
+                .word(W_WRITERS + k)
+                .compare_exchange(0, writer as u32, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        self.word(W_FORKED).fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Moves the phase from `from` to `to` unless someone (the CLI aborting) already moved it.
@@ -135,9 +154,11 @@ impl Barrier {
     /// In the writer child: waits until every member has forked (or the checkpoint was
     /// abandoned), so that writers compressing do not take the CPUs the members' pause
     /// still needs.
-    pub fn writer_waits_for_release(addr: usize) {
+    /// False if the checkpoint was abandoned (a process started during it, or a timeout):
+    /// the writer then writes nothing.
+    pub fn writer_waits_for_release(addr: usize) -> bool {
         let b = core::mem::ManuallyDrop::new(Barrier { addr });
-        let _ = b.wait_past(PHASE_FORK);
+        b.wait_past(PHASE_FORK) == Some(PHASE_RELEASE)
     }
 }
 

@@ -458,7 +458,8 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
 /// program's library installing its handler, the checkpoint signal would kill it (its
 /// default action). The exec wrappers block it (the mask survives exec) and the library's
 /// init unblocks it once its handler is in place; a failed exec unblocks it again. (Calls
-/// glibc makes internally, e.g. from `execl`, are not seen here.)
+/// glibc makes internally, e.g. from `execl`, are not seen here; `posix_spawn` is guarded
+/// below.)
 fn exec_guarded(f: impl FnOnce() -> c_int) -> c_int {
     let bit = our_bit();
     if bit == 0 {
@@ -557,6 +558,104 @@ pub unsafe extern "C" fn fexecve(fd: c_int, argv: Argv, envp: Argv) -> c_int {
             envp
         )
     })
+}
+
+static NEXT_POSIX_SPAWN: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static NEXT_POSIX_SPAWNP: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
+type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    Path,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    Argv,
+    Argv,
+) -> c_int;
+
+/// `exec_guarded` for `posix_spawn`: its child execs inside glibc, with the caller's mask
+/// or, under `POSIX_SPAWN_SETSIGMASK`, the attribute's; the checkpoint signal is added to
+/// whichever the child gets (a copy of the attributes, the caller's are not changed).
+///
+/// # Safety
+/// `attrp` is null or a valid, initialized `posix_spawnattr_t`.
+unsafe fn spawn_guarded(
+    attrp: *const libc::posix_spawnattr_t,
+    f: impl FnOnce(*const libc::posix_spawnattr_t) -> c_int,
+) -> c_int {
+    let (bit, sig) = (our_bit(), our_signal());
+    if bit == 0 {
+        return f(attrp);
+    }
+    let old = sys::sigmask_set(libc::SIG_BLOCK, bit);
+    let r = if attrp.is_null() {
+        f(attrp)
+    } else {
+        // SAFETY: glibc's posix_spawnattr_t is a plain struct (flags, masks, policy): a
+        // bitwise copy is a valid attribute object, used only for this call.
+        let mut copy = unsafe { core::ptr::read(attrp) };
+        let mut flags: libc::c_short = 0;
+        // SAFETY: valid attribute object and out-pointers.
+        unsafe {
+            libc::posix_spawnattr_getflags(&copy, &mut flags);
+            if flags as c_int & libc::POSIX_SPAWN_SETSIGMASK != 0 {
+                let mut mask: libc::sigset_t = core::mem::zeroed();
+                libc::posix_spawnattr_getsigmask(&copy, &mut mask);
+                libc::sigaddset(&mut mask, sig);
+                libc::posix_spawnattr_setsigmask(&mut copy, &mask);
+            }
+        }
+        f(&copy)
+    };
+    if old & bit == 0 {
+        sys::sigmask_set(libc::SIG_UNBLOCK, bit);
+    }
+    r
+}
+
+/// # Safety
+/// As `posix_spawn(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: Path,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attrp: *const libc::posix_spawnattr_t,
+    argv: Argv,
+    envp: Argv,
+) -> c_int {
+    let f = next_fn(&NEXT_POSIX_SPAWN, c"posix_spawn");
+    if f.is_null() {
+        return libc::ENOSYS;
+    }
+    // SAFETY: f is glibc's posix_spawn; the arguments are the caller's, attrp as contracted.
+    unsafe {
+        spawn_guarded(attrp, |a| {
+            core::mem::transmute::<*mut c_void, SpawnFn>(f)(pid, path, actions, a, argv, envp)
+        })
+    }
+}
+
+/// # Safety
+/// As `posix_spawnp(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: Path,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attrp: *const libc::posix_spawnattr_t,
+    argv: Argv,
+    envp: Argv,
+) -> c_int {
+    let f = next_fn(&NEXT_POSIX_SPAWNP, c"posix_spawnp");
+    if f.is_null() {
+        return libc::ENOSYS;
+    }
+    // SAFETY: as in posix_spawn.
+    unsafe {
+        spawn_guarded(attrp, |a| {
+            core::mem::transmute::<*mut c_void, SpawnFn>(f)(pid, file, actions, a, argv, envp)
+        })
+    }
 }
 
 /// Installs `handler` (SA_SIGINFO, SA_RESTART, SA_ONSTACK, every signal blocked while it

@@ -45,9 +45,14 @@ pub extern "C" fn writer_main() -> ! {
         let cap = unsafe { &mut *CAPTURE.get() };
         let (pid, id) = (cap.pid, cap.request_id);
         if cap.barrier_page != 0 {
-            crate::barrier::Barrier::writer_waits_for_release(cap.barrier_page);
+            let released = crate::barrier::Barrier::writer_waits_for_release(cap.barrier_page);
             // SAFETY: the barrier page is the parent's; this copy of it is unused here.
             let _ = unsafe { sys::munmap(cap.barrier_page, crate::barrier::PAGE) };
+            if !released {
+                let msg = b"the tree checkpoint was abandoned before it was released";
+                report::error_report(cap.report_path.as_bytes(), msg);
+                sys::exit_group(1);
+            }
         }
         choose_output_path(cap, rt, pid, id);
     }

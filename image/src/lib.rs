@@ -77,9 +77,16 @@ pub mod tree_barrier {
     pub const W_PHASE: usize = 3;
     pub const W_FORKED: usize = 4;
     pub const W_TIMEOUT_MS: usize = 5;
+    /// Set by the CLI once it has checked, with every member stopped, that the tree is the
+    /// one it signalled (no process started meanwhile): only then may the release come.
+    pub const W_VERIFIED: usize = 6;
+    /// The members' PIDs, in order of arrival.
     pub const W_PIDS: usize = 16;
     /// Most members the page has room for.
-    pub const MAX_MEMBERS: usize = PAGE / 4 - W_PIDS;
+    pub const MAX_MEMBERS: usize = (PAGE / 4 - W_PIDS) / 2;
+    /// The PIDs of the members' writer children, in order of fork (so the CLI tells them
+    /// from processes started during the checkpoint).
+    pub const W_WRITERS: usize = W_PIDS + MAX_MEMBERS;
     pub const PHASE_GATHER: u32 = 0;
     pub const PHASE_FORK: u32 = 1;
     pub const PHASE_RELEASE: u32 = 2;

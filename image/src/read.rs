@@ -257,6 +257,11 @@ impl ImageFile<FileRange> {
                     "the image holds no tree member with pid {pid}"
                 )))
             })?;
+        if let Some(status) = member.exited {
+            return Err(ReadError::Invalid(ValidationError(format!(
+                "tree member {pid} had exited (wait status {status:#x}): it has no image"
+            ))));
+        }
         if member.image_offset == 0 {
             return Self::open_range(path, None);
         }

@@ -71,6 +71,11 @@ pub struct TreeMember {
     /// the file itself (offset 0, the file's length).
     pub image_offset: u64,
     pub image_len: u64,
+    /// A zombie (exited, not yet reaped by its parent): its wait status as `waitpid` would
+    /// report it. It has no image (offset and length 0) and no children; a restart makes
+    /// it exit so again, for its parent to reap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

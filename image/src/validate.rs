@@ -116,7 +116,7 @@ fn validate_tree(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> {
         ));
     }
     let root = &members[0];
-    if root.pid != m.process.pid || root.image_offset != 0 {
+    if root.pid != m.process.pid || root.image_offset != 0 || root.exited.is_some() {
         return err(format!(
             "the tree's first member (pid {}) is not this image's process (pid {})",
             root.pid, m.process.pid
@@ -146,6 +146,21 @@ fn validate_tree(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> {
                 "tree member {i} (pid {}): its parent {} is not an earlier member",
                 t.pid, t.ppid
             ));
+        }
+        if t.exited.is_some() {
+            if t.image_offset != 0 || t.image_len != 0 || t.threads != 0 {
+                return err(format!(
+                    "tree member {i} (pid {}) exited but has an image or threads",
+                    t.pid
+                ));
+            }
+            if members.iter().any(|c| c.ppid == t.pid) {
+                return err(format!(
+                    "tree member {i} (pid {}) exited but has children",
+                    t.pid
+                ));
+            }
+            continue;
         }
         let end = t.image_offset.checked_add(t.image_len);
         let min_len = crate::FIRST_CHUNK_OFFSET + crate::FOOTER_LEN as u64;

@@ -1012,7 +1012,37 @@ fn tree_members_are_validated() {
         vec![member(root, 1, 0, 0), member(5000, root, 0x80000, 0x10000)]
     )
     .is_ok());
+    let zombie = |pid, ppid| TreeMember {
+        exited: Some(7 << 8),
+        ..member(pid, ppid, 0, 0)
+    };
+    assert!(check(&mut meta, vec![member(root, 1, 0, 0), zombie(5000, root)]).is_ok());
     let bad = [
+        (
+            vec![
+                member(root, 1, 0, 0),
+                zombie(5000, root),
+                zombie(5001, 5000),
+            ],
+            "exited but has children",
+        ),
+        (
+            vec![
+                member(root, 1, 0, 0),
+                TreeMember {
+                    exited: Some(0),
+                    ..member(5000, root, 0x80000, 0x10000)
+                },
+            ],
+            "exited but has an image",
+        ),
+        (
+            vec![TreeMember {
+                exited: Some(0),
+                ..member(root, 1, 0, 0)
+            }],
+            "not this image's process",
+        ),
         (vec![member(root + 1, 1, 0, 0)], "not this image's process"),
         (
             vec![member(root, 1, 0, 0), member(5000, 4999, 0x80000, 0x10000)],

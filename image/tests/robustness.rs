@@ -345,8 +345,9 @@ fn tree() -> impl Strategy<Value = TreeInfo> {
         proptest::collection::vec(text(), 0..2),
         any::<u32>(),
         any::<[u64; 3]>(),
+        proptest::option::of(any::<i32>()),
     )
-        .prop_map(|(ids, exe, cmdline, threads, n)| TreeMember {
+        .prop_map(|(ids, exe, cmdline, threads, n, exited)| TreeMember {
             pid: ids[0],
             ppid: ids[1],
             pgid: ids[2],
@@ -357,6 +358,7 @@ fn tree() -> impl Strategy<Value = TreeInfo> {
             bytes: n[0],
             image_offset: n[1],
             image_len: n[2],
+            exited,
         });
     proptest::collection::vec(member, 0..3).prop_map(|members| TreeInfo { members })
 }

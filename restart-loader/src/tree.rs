@@ -164,7 +164,7 @@ fn enter_namespaces() -> Result<(), RestoreError> {
 }
 
 /// The pipes and socket pairs more than one member holds, made here with their contents.
-fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
+fn make_shared(members: &[&ImageFile]) -> Result<SharedFds, RestoreError> {
     let mut holders: HashMap<u64, usize> = HashMap::new();
     let count = |ino: u64, holders: &mut HashMap<u64, usize>, seen: &mut Vec<u64>| {
         if !seen.contains(&ino) {
@@ -270,7 +270,9 @@ fn make_shared(members: &[ImageFile]) -> Result<SharedFds, RestoreError> {
 /// A memfd for each shared memory object more than one member maps, as large as the
 /// furthest mapping of it reaches; each member maps it and fills its part from its image
 /// (all saw the same bytes at the cut).
-fn make_shared_memory(members: &[ImageFile]) -> Result<HashMap<MemoryObject, RawFd>, RestoreError> {
+fn make_shared_memory(
+    members: &[&ImageFile],
+) -> Result<HashMap<MemoryObject, RawFd>, RestoreError> {
     let mut holders: HashMap<MemoryObject, (usize, u64)> = HashMap::new();
     for m in members {
         let mut seen = Vec::new();
@@ -383,6 +385,10 @@ pub fn restore_tree(
     verify::check_owner(path, opts.allow_foreign_owner)?;
     let mut members = Vec::with_capacity(tree.len());
     for t in &tree {
+        if t.exited.is_some() {
+            members.push(None);
+            continue;
+        }
         let m = img
             .open_member(path, t.pid)
             .map_err(|source| RestoreError::Image {
@@ -392,8 +398,10 @@ pub fn restore_tree(
         let refuse = |e: RestoreError| RestoreError::Refused(format!("process {}: {e}", t.pid));
         verify::check_cpu(&m.metadata, verify::current_cpu()).map_err(refuse)?;
         verify::check_files(&m.metadata).map_err(refuse)?;
-        members.push(m);
+        members.push(Some(m));
     }
+    let living: Vec<&ImageFile> = members.iter().flatten().collect();
+    let n_living = living.len();
     if opts.verbose {
         eprintln!(
             "forkpoint restart: a tree of {} processes, all verified",
@@ -421,7 +429,7 @@ pub fn restore_tree(
         exit(wait_for(init));
     }
     // Init, PID 1 of the namespace.
-    let shared = match make_shared(&members) {
+    let shared = match make_shared(&living) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("forkpoint restart: {e}");
@@ -461,7 +469,7 @@ pub fn restore_tree(
     // Every member says R (staged) or F; a member that dies says nothing.
     let mut staged = 0;
     let mut b = [0u8; 1];
-    while staged < tree.len() {
+    while staged < n_living {
         // SAFETY: reading one byte into a valid buffer.
         let n = unsafe { libc::read(ready_r, b.as_mut_ptr().cast(), 1) };
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
@@ -472,21 +480,52 @@ pub fn restore_tree(
         }
         staged += 1;
     }
-    if staged < tree.len() {
+    if staged < n_living {
         close(go_w); // every member reads EOF and exits
         let _ = wait_for(root_pid);
         eprintln!(
             "forkpoint restart: {} of the tree's {} processes could not be staged; none of them ran",
-            tree.len() - staged,
-            tree.len()
+            n_living - staged,
+            n_living
         );
         exit(1);
     }
-    let go = vec![b'G'; tree.len()];
+    let go = vec![b'G'; n_living];
     // SAFETY: writing from a valid buffer (a pipe holds 64 KiB: one byte per member fits).
     unsafe { libc::write(go_w, go.as_ptr().cast(), go.len()) };
     close(go_w);
     exit(wait_for(root_pid));
+}
+
+/// Ends this process as the zombie it was: named as it was, with its wait status (a
+/// normal exit's code, or death by the same signal, without a core dump).
+fn become_zombie(cmdline: &[String], status: i32) -> ! {
+    if let Some(name) = cmdline
+        .first()
+        .and_then(|n| std::ffi::CString::new(n.as_str()).ok())
+    {
+        // SAFETY: PR_SET_NAME with a NUL-terminated string (truncated to 15 bytes).
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscalls on this process, which ends here.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    // SAFETY: ends the process.
+    unsafe { libc::_exit(libc::WEXITSTATUS(status)) }
 }
 
 /// Becomes member `i`: starts its children (with their PIDs), then restores itself.
@@ -494,7 +533,7 @@ fn become_member(
     path: &Path,
     i: usize,
     tree: &[TreeMember],
-    members: &[ImageFile],
+    members: &[Option<ImageFile>],
     sync: &MemberSync,
     go_w: RawFd,
     opts: &RestoreOptions,
@@ -507,8 +546,30 @@ fn become_member(
             continue;
         }
         match clone_with_pid(child.pid) {
-            Ok(0) => become_member(path, c, tree, members, sync, -1, opts),
-            Ok(_) => {}
+            Ok(0) => match child.exited {
+                Some(status) => become_zombie(&child.cmdline, status),
+                None => become_member(path, c, tree, members, sync, -1, opts),
+            },
+            Ok(pid) => {
+                if child.exited.is_some() {
+                    // A zombie before this process becomes the program: its SIGCHLD goes
+                    // to the loader (ignored), the program finds it waiting to be reaped.
+                    // SAFETY: a zeroed siginfo for waitid to fill.
+                    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                    // SAFETY: waitid on our own child, leaving it a zombie (WNOWAIT).
+                    while unsafe {
+                        libc::waitid(
+                            libc::P_PID,
+                            pid as libc::id_t,
+                            &mut info,
+                            libc::WEXITED | libc::WNOWAIT,
+                        )
+                    } != 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                    {
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("forkpoint restart: {e}");
                 sync.failed();
@@ -516,7 +577,8 @@ fn become_member(
             }
         }
     }
-    let err = match crate::restore_process(path, &members[i], opts, Some(sync)) {
+    let Some(img) = &members[i] else { exit(1) };
+    let err = match crate::restore_process(path, img, opts, Some(sync)) {
         Ok(never) => match never {},
         Err(e) => e,
     };

@@ -419,3 +419,42 @@ fn python_multiprocessing_pool_imap() {
         "a shared semaphore was approximated:\n{err}"
     );
 }
+
+const ZOMBIE_C: &str = include_str!("../programs/tree_zombie.c");
+
+/// A parent with two zombie children (one exited 7, one killed by SIGTERM; SIGCHLD pending,
+/// blocked) and a live child that shares anonymous memory with it: after the restart the
+/// parent reaps all three by their stored PIDs with the same statuses, finds SIGCHLD still
+/// pending and the live child's additions in the shared memory.
+#[test]
+fn parent_with_zombie_children_and_shared_anonymous_memory() {
+    let t = TestDir::new("tree_zombie");
+    let exe = compile_c(&t.path, "tree_zombie", ZOMBIE_C);
+    let argv = [exe.as_os_str()];
+    let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
+
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
+    control.wait_for("the control run to be ready", ready);
+    control.go();
+    let expected = control.finishes();
+    assert!(expected.contains("PASS"), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the program to be ready", ready);
+    let image = checkpoint_kill_restart(&mut run, 4);
+    let info = info_json(&image);
+    let members = info["metadata"]["tree"]["members"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let zombies: Vec<_> = members.iter().filter(|m| m["exited"].is_i64()).collect();
+    assert_eq!(zombies.len(), 2, "{members:?}");
+
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
+    assert_eq!(read_lossy(&run.out), expected, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
