@@ -339,7 +339,7 @@ fn sigbit(signo: i32) -> u64 {
     1u64 << (signo - 1)
 }
 
-fn signal_blocked(pid: i32, signo: i32) -> Option<bool> {
+pub fn signal_blocked(pid: i32, signo: i32) -> Option<bool> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let blk = parse_sigset(status_field(&status, "SigBlk:")?)?;
     Some(blk & sigbit(signo) != 0)

@@ -25,8 +25,8 @@ use crate::{fmt_bytes, parse, CliError};
 
 pub use forkpoint_image::tree_barrier::MAX_MEMBERS;
 use forkpoint_image::tree_barrier::{
-    MAGIC, PAGE, PHASE_ABORT, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, W_ARRIVED, W_FORKED,
-    W_MAGIC, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED, W_WRITERS,
+    MAGIC, PAGE, PHASE_ABORT, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, PHASE_RESUME, W_ARRIVED,
+    W_FORKED, W_HOLD, W_MAGIC, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED,
 };
 
 /// A process as `/proc/PID/stat` shows it.
@@ -204,13 +204,6 @@ impl BarrierPage {
         }
     }
 
-    fn writer_pids(&self) -> Vec<i32> {
-        let n = (self.word(W_FORKED).load(Ordering::SeqCst) as usize).min(MAX_MEMBERS);
-        (0..n)
-            .map(|k| self.word(W_WRITERS + k).load(Ordering::SeqCst) as i32)
-            .collect()
-    }
-
     fn arrived_pids(&self) -> Vec<i32> {
         let n = (self.word(W_ARRIVED).load(Ordering::SeqCst) as usize).min(MAX_MEMBERS);
         (0..n)
@@ -299,7 +292,7 @@ pub fn checkpoint_tree(args: &TreeArgs) -> Result<String, CliError> {
 
 /// A process that started less than this long ago may still be loading its program (and
 /// the library): not being ready is then a reason to try again, not to fail.
-const STARTING: Duration = Duration::from_secs(2);
+const STARTING: Duration = Duration::from_secs(1);
 
 fn age(p: &ProcStat) -> Option<Duration> {
     // SAFETY: sysconf has no preconditions.
@@ -335,35 +328,17 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     // barrier.
     let (members, zombies): (Vec<ProcStat>, Vec<ProcStat>) =
         listed.iter().cloned().partition(|p| p.state != 'Z');
+    let (mut members, mut zombies) = (members, zombies);
     let mut signals = Vec::new();
     for m in &members {
-        let env = TargetEnv::of_pid(m.pid);
-        let signo = match env.get("FORKPOINT_SIGNAL") {
-            Some(s) => parse::parse_signal(s)
-                .map_err(|e| CliError::new(format!("FORKPOINT_SIGNAL in {}: {e}", env.source)))?,
-            None => parse::DEFAULT_SIGNAL,
-        };
-        if let Err(e) = check_target(m.pid, signo) {
-            let msg = format!(
-                "process {} of the tree cannot be checkpointed: {}",
-                name_of(m),
-                e.message
-            );
-            if !process_alive(m.pid) || age(m).is_some_and(|a| a < STARTING) {
-                return Err(Again::Retry(msg));
-            }
-            return Err(CliError::new(msg).into());
-        }
-        signals.push(signo);
+        signals.push(signal_for(m)?);
     }
 
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let base = control::runtime_base(&TargetEnv::of_pid(root), uid);
     control::ensure_private_dir(&base, uid).map_err(CliError::new)?;
-    for m in &members {
-        control::ensure_private_dir(&base.join(m.pid.to_string()), uid).map_err(CliError::new)?;
-    }
+    control::ensure_private_dir(&base.join(root.to_string()), uid).map_err(CliError::new)?;
     let id = random_id()?;
     let out_dir = args.output.parent().unwrap_or(Path::new("/")).to_path_buf();
     let out_name = args
@@ -406,110 +381,141 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
         .map_err(|e| CliError::new(format!("cannot write {}: {e}", barrier_path.display())))?;
     let barrier = BarrierPage::map(&barrier_file)
         .map_err(|e| CliError::new(format!("cannot map {}: {e}", barrier_path.display())))?;
+    let at = Enrolment {
+        base: &base,
+        uid,
+        root,
+        id,
+        barrier_path: &barrier_path,
+        stage: &stage,
+    };
     let mut requests = Vec::new();
     for m in &members {
-        let dir = base.join(m.pid.to_string());
-        if m.pid != root {
-            let link = dir.join(format!("barrier.{id}"));
-            fs::hard_link(&barrier_path, &link)
-                .map_err(|e| CliError::new(format!("cannot link {}: {e}", link.display())))?;
-            cleanup.files.push(link);
-        }
-        let image = stage.join(format!("{}.fpk", m.pid));
-        control::write_atomically(
-            &dir,
-            &format!("request.{id}"),
-            image.to_string_lossy().as_bytes(),
-        )
-        .map_err(CliError::new)?;
-        let request = dir.join(format!("request.{id}"));
-        cleanup.files.push(request.clone());
-        let report = dir.join(format!("report.{id}"));
-        cleanup.files.push(report.clone());
-        requests.push((request, report, image));
+        requests.push(at.enroll(m, &mut cleanup)?);
     }
 
     // Signal everyone, then run the barrier.
-    for (m, &signo) in members.iter().zip(&signals) {
+    for (k, (m, &signo)) in members.iter().zip(&signals).enumerate() {
         if let Err(e) = sigqueue(m.pid, signo, id) {
             barrier.advance(PHASE_GATHER, PHASE_ABORT);
+            settle(&members[..k], &requests[..k], signals[0]);
+            let msg = format!("cannot signal process {} of the tree: {e}", name_of(m));
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Err(Again::Retry(msg));
+            }
+            return Err(CliError::new(msg).into());
+        }
+    }
+
+    // Gather. Once all are stopped, the tree is listed again: a process started meanwhile
+    // (forked before its parent stopped) joins the cut, or a parent's image would name a
+    // child the tree image does not hold. When no newcomer is left, this process moves the
+    // phase to fork; the last member to fork moves it to release.
+    let mut rounds = 0;
+    loop {
+        let n = members.len() as u32;
+        let mut gone = None;
+        let arrived = {
+            let mut alive = || {
+                let dead = members.iter().find(|m| !process_alive(m.pid));
+                gone = dead.cloned();
+                dead.is_none()
+            };
+            barrier.wait_count(W_ARRIVED, n, deadline, &mut alive)
+        };
+        if !arrived && barrier.advance(PHASE_GATHER, PHASE_ABORT) {
+            if let Some(m) = gone {
+                settle(&members, &requests, signals[0]);
+                return Err(Again::Retry(format!(
+                    "process {} exited during the checkpoint",
+                    name_of(&m)
+                )));
+            }
+            let arrived = barrier.arrived_pids();
+            let missing: Vec<String> = members
+                .iter()
+                .filter(|m| !arrived.contains(&m.pid))
+                .map(name_of)
+                .collect();
             return Err(CliError::new(format!(
-                "cannot signal process {} of the tree: {e}",
-                name_of(m)
+                "timed out after {}: {} of the tree did not stop for the checkpoint (blocking the \
+                 checkpoint signal, or stopped?); everyone was released, no image",
+                fmt_duration(args.timeout),
+                missing.join(", ")
             ))
             .into());
         }
-    }
-    let n = members.len() as u32;
-
-    let mut gone = None;
-    let mut alive = || {
-        let dead = members.iter().find(|m| !process_alive(m.pid));
-        gone = dead.cloned();
-        dead.is_none()
-    };
-    // The last member to arrive moves the phase to fork, the last to fork to release; this
-    // process only aborts at the timeout, unless the members got there first.
-    let arrived = barrier.wait_count(W_ARRIVED, n, deadline, &mut alive);
-    if !arrived && barrier.advance(PHASE_GATHER, PHASE_ABORT) {
-        if let Some(m) = gone {
-            settle(&members, &requests, &signals);
-            return Err(Again::Retry(format!(
-                "process {} exited during the checkpoint",
-                name_of(&m)
-            )));
-        }
-        let arrived = barrier.arrived_pids();
-        let missing: Vec<String> = members
-            .iter()
-            .filter(|m| !arrived.contains(&m.pid))
-            .map(name_of)
-            .collect();
-        return Err(CliError::new(format!(
-            "timed out after {}: {} of the tree did not stop for the checkpoint (blocking the \
-             checkpoint signal, or stopped?); everyone was released, no image",
-            fmt_duration(args.timeout),
-            missing.join(", ")
-        ))
-        .into());
-    }
-    let t_stopped = t0.elapsed();
-    barrier.advance(PHASE_GATHER, PHASE_FORK);
-    // Every member is stopped now (they capture and fork meanwhile): the tree must be the
-    // one listed, or a parent's image would name a child that is not in the image (or the
-    // reverse). Writers forked for this checkpoint are the only newcomers allowed.
-    let changed = |writers: &[i32]| -> Option<String> {
         let now = tree_of(root, &all_processes());
-        if let Some(p) = now
-            .iter()
-            .find(|p| !writers.contains(&p.pid) && !listed.iter().any(|l| l.pid == p.pid))
-        {
-            return Some(format!(
-                "process {} started during the checkpoint",
-                name_of(p)
+        // A zombie reaped before its parent stopped is not the parent's child in its image.
+        zombies.retain(|z| now.iter().any(|p| p.pid == z.pid));
+        let newcomers: Vec<ProcStat> = now
+            .into_iter()
+            .filter(|p| {
+                !members.iter().any(|m| m.pid == p.pid) && !zombies.iter().any(|z| z.pid == p.pid)
+            })
+            .collect();
+        if newcomers.is_empty() {
+            break;
+        }
+        rounds += 1;
+        let sig0 = signals[0];
+        let abandon = |why: String, members: &[ProcStat], requests: &[_]| {
+            barrier.advance(PHASE_GATHER, PHASE_ABORT);
+            settle(members, requests, sig0);
+            Again::Retry(why)
+        };
+        if rounds > MAX_JOIN_ROUNDS || members.len() + newcomers.len() > MAX_MEMBERS {
+            return Err(abandon(
+                format!(
+                    "the tree kept growing while it was stopped ({} processes)",
+                    members.len()
+                ),
+                &members,
+                &requests,
             ));
         }
-        listed
-            .iter()
-            .find(|l| {
-                !now.iter()
-                    .any(|p| p.pid == l.pid && (p.state == 'Z') == (l.state == 'Z'))
-            })
-            .map(|l| format!("process {} exited during the checkpoint", name_of(l)))
-    };
-    let mut verdict = changed(&[]);
-    if verdict.is_some() {
-        // Perhaps only writers, not all of them recorded yet.
-        let _ = barrier.wait_count(W_FORKED, n, deadline, &mut || true);
-        verdict = changed(&barrier.writer_pids());
-    }
-    if let Some(why) = verdict {
-        if barrier.advance(PHASE_FORK, PHASE_ABORT) {
-            settle(&members, &requests, &signals);
-            return Err(Again::Retry(why));
+        let first_new = members.len();
+        for p in newcomers {
+            if p.state == 'Z' {
+                zombies.push(p);
+                continue;
+            }
+            let signo = match joining_signal(&p) {
+                Ok(s) => s,
+                Err(why) => return Err(abandon(why, &members, &requests)),
+            };
+            let request = match at.enroll(&p, &mut cleanup) {
+                Ok(r) => r,
+                Err(e) => {
+                    barrier.advance(PHASE_GATHER, PHASE_ABORT);
+                    settle(&members, &requests, signals[0]);
+                    return Err(e);
+                }
+            };
+            members.push(p);
+            signals.push(signo);
+            requests.push(request);
+        }
+        barrier
+            .word(W_MEMBERS)
+            .store(members.len() as u32, Ordering::SeqCst);
+        for k in first_new..members.len() {
+            if let Err(e) = sigqueue(members[k].pid, signals[k], id) {
+                let why = format!(
+                    "cannot signal process {} of the tree: {e}",
+                    name_of(&members[k])
+                );
+                return Err(abandon(why, &members[..k], &requests[..k]));
+            }
         }
     }
+    let t_stopped = t0.elapsed();
+    let n = members.len() as u32;
+    barrier
+        .word(W_HOLD)
+        .store(args.kill as u32, Ordering::SeqCst);
     barrier.word(W_VERIFIED).store(1, Ordering::SeqCst);
+    barrier.advance(PHASE_GATHER, PHASE_FORK);
     let forked = barrier.wait_count(W_FORKED, n, deadline, &mut || true)
         || !barrier.advance(PHASE_FORK, PHASE_ABORT);
     barrier.advance(PHASE_FORK, PHASE_RELEASE);
@@ -530,7 +536,12 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     if !forked && failures.is_empty() {
         failures.push("not every member forked its writer in time".into());
     }
+    // Held members (`--kill`) run on if there is no image after all.
+    let resume = || {
+        barrier.advance(PHASE_RELEASE, PHASE_RESUME);
+    };
     if !failures.is_empty() {
+        resume();
         return Err(CliError::new(format!(
             "checkpoint of the tree under {root} failed (the processes run on, no image): {}",
             failures.join("; ")
@@ -539,7 +550,8 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     }
 
     let images: Vec<&Path> = requests.iter().map(|(_, _, i)| i.as_path()).collect();
-    let bytes = assemble(&members, &zombies, &images, &args.output, id)?;
+    let bytes =
+        assemble(&members, &zombies, &images, &args.output, id).inspect_err(|_| resume())?;
     eprintln!(
         "forkpoint: checkpoint of the tree under {root} ({} processes{}) written: {}, all \
          stopped after {:.3} ms, longest pause {:.3} ms, durable after {} ms",
@@ -556,8 +568,9 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     );
     drop(cleanup);
     if args.kill {
-        // All stopped first, then all killed: no process of the tree can see another die
-        // and react (a shell reporting its child's death and exiting on its own).
+        // Still held at the barrier since the cut. All stopped first, then all killed: no
+        // process of the tree can see another die and react (a shell reporting its
+        // child's death and exiting on its own).
         for sig in [libc::SIGSTOP, libc::SIGKILL] {
             for m in &members {
                 // SAFETY: kill with a valid signal has no memory-safety preconditions.
@@ -572,9 +585,93 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     Ok(args.output.display().to_string())
 }
 
+/// Most times the tree is listed again while stopped before the attempt is abandoned.
+const MAX_JOIN_ROUNDS: usize = 8;
+
+/// What each member needs to take part in one attempt.
+struct Enrolment<'a> {
+    base: &'a Path,
+    uid: u32,
+    root: i32,
+    id: i32,
+    barrier_path: &'a Path,
+    stage: &'a Path,
+}
+
+impl Enrolment<'_> {
+    /// Gives `m` its runtime directory, a link to the barrier and a request naming its
+    /// member image: (request, report, image).
+    fn enroll(
+        &self,
+        m: &ProcStat,
+        cleanup: &mut Cleanup,
+    ) -> Result<(PathBuf, PathBuf, PathBuf), Again> {
+        let dir = self.base.join(m.pid.to_string());
+        control::ensure_private_dir(&dir, self.uid).map_err(CliError::new)?;
+        if m.pid != self.root {
+            let link = dir.join(format!("barrier.{}", self.id));
+            fs::hard_link(self.barrier_path, &link)
+                .map_err(|e| CliError::new(format!("cannot link {}: {e}", link.display())))?;
+            cleanup.files.push(link);
+        }
+        let image = self.stage.join(format!("{}.fpk", m.pid));
+        control::write_atomically(
+            &dir,
+            &format!("request.{}", self.id),
+            image.to_string_lossy().as_bytes(),
+        )
+        .map_err(CliError::new)?;
+        let request = dir.join(format!("request.{}", self.id));
+        cleanup.files.push(request.clone());
+        let report = dir.join(format!("report.{}", self.id));
+        cleanup.files.push(report.clone());
+        Ok((request, report, image))
+    }
+}
+
+/// The checkpoint signal of member `m`, once it is ready to take it. A process that just
+/// started may still be loading its program and the library: try again later.
+fn signal_for(m: &ProcStat) -> Result<i32, Again> {
+    let env = TargetEnv::of_pid(m.pid);
+    let signo = match env.get("FORKPOINT_SIGNAL") {
+        Some(s) => parse::parse_signal(s)
+            .map_err(|e| CliError::new(format!("FORKPOINT_SIGNAL in {}: {e}", env.source)))?,
+        None => parse::DEFAULT_SIGNAL,
+    };
+    if let Err(e) = check_target(m.pid, signo) {
+        let msg = format!(
+            "process {} of the tree cannot be checkpointed: {}",
+            name_of(m),
+            e.message
+        );
+        if !process_alive(m.pid) || age(m).is_some_and(|a| a < STARTING) {
+            return Err(Again::Retry(msg));
+        }
+        return Err(CliError::new(msg).into());
+    }
+    Ok(signo)
+}
+
+/// How long the stopped tree waits for a newcomer to be ready for the signal.
+const JOIN_WAIT: Duration = Duration::from_millis(50);
+
+/// `signal_for` a process that started during the gather, while the others wait (briefly:
+/// they are stopped). Err: why the attempt must be abandoned.
+fn joining_signal(p: &ProcStat) -> Result<i32, String> {
+    let until = Instant::now() + JOIN_WAIT;
+    loop {
+        match signal_for(p) {
+            Ok(s) => return Ok(s),
+            Err(Again::Retry(why)) if Instant::now() >= until => return Err(why),
+            Err(Again::Fail(e)) => return Err(e.message),
+            Err(Again::Retry(_)) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+}
+
 /// After an abandoned attempt: waits (briefly) for each member's report, so none is
 /// written after the attempt's files are removed.
-fn settle(members: &[ProcStat], requests: &[(PathBuf, PathBuf, PathBuf)], signals: &[i32]) {
+fn settle(members: &[ProcStat], requests: &[(PathBuf, PathBuf, PathBuf)], signo: i32) {
     for (m, (request, report, _)) in members.iter().zip(requests) {
         if process_alive(m.pid) && fs::metadata(request).is_ok() {
             let _ = crate::checkpoint::wait_for_report(
@@ -582,7 +679,7 @@ fn settle(members: &[ProcStat], requests: &[(PathBuf, PathBuf, PathBuf)], signal
                 request,
                 report,
                 Duration::from_secs(2),
-                signals[0],
+                signo,
             );
         }
     }

@@ -3,8 +3,10 @@
 //! So no member reads or writes a pipe, socket or shared memory of another between the
 //! first capture and the last fork: one consistent cut. `forkpoint checkpoint` on the root
 //! sets it up: it creates one page in the runtime directory and links it into every member's
-//! directory as `barrier.<request id>`. The last member to arrive moves the phase to fork,
-//! the last to fork to release; the CLI only aborts, at its timeout. Writers wait for the
+//! directory as `barrier.<request id>`. The CLI moves the phase to fork once every member
+//! has arrived and the tree, listed again, has no newcomer (one forked before its parent
+//! stopped joins the barrier first); the last to fork moves it to release. The CLI aborts
+//! at its timeout, or when the tree keeps changing. Writers wait for the
 //! release before they compress, so they do not take the CPUs the pause still needs.
 //!
 //! The page's layout is `forkpoint_image::tree_barrier`, shared with the CLI.
@@ -20,8 +22,8 @@ use crate::sys;
 
 pub use forkpoint_image::tree_barrier::PAGE;
 use forkpoint_image::tree_barrier::{
-    MAGIC, MAX_MEMBERS, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, W_ARRIVED, W_FORKED, W_MEMBERS,
-    W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED, W_WRITERS,
+    MAGIC, MAX_MEMBERS, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, PHASE_RESUME, W_ARRIVED, W_FORKED,
+    W_HOLD, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED,
 };
 
 /// A mapped barrier page, unmapped on drop.
@@ -100,11 +102,8 @@ impl Barrier {
             self.word(W_PIDS + slot).store(pid as u32, Ordering::SeqCst);
         }
         sys::futex_wake_shared(self.word(W_ARRIVED));
-        // The last to arrive moves the phase on itself: no round trip through the CLI, which
-        // only steps in (abort) at the timeout.
-        if slot + 1 == n {
-            self.advance(PHASE_GATHER, PHASE_FORK);
-        }
+        // The CLI moves the phase on once it has seen every member stopped and found no
+        // process started meanwhile (or made it join).
         match self.wait_past(PHASE_GATHER) {
             Some(PHASE_FORK) | Some(PHASE_RELEASE) => Ok(()),
             Some(_) => Err("the tree checkpoint was abandoned: another member did not stop"),
@@ -112,35 +111,24 @@ impl Barrier {
         }
     }
 
-    /// This member has forked its writer `writer`: say so, and wait until every member has
-    /// and the CLI has checked the tree (on a timeout or abort, run on: the writer sees it
-    /// and writes nothing).
-    pub fn forked(&self, writer: i32) {
+    /// This member has forked its writer: say so, and wait until every member has and the
+    /// CLI has checked the tree (on a timeout or abort, run on: the writer sees it and
+    /// writes nothing).
+    pub fn forked(&self) {
         let n = self.word(W_MEMBERS).load(Ordering::SeqCst);
-        let done = self.record_writer(writer);
+        let done = self.word(W_FORKED).fetch_add(1, Ordering::SeqCst) + 1;
         sys::futex_wake_shared(self.word(W_FORKED));
         // The CLI sets VERIFIED, then looks at FORKED; we add to FORKED, then look at
         // VERIFIED: whichever comes second moves the phase on.
         if done == n && self.word(W_VERIFIED).load(Ordering::SeqCst) != 0 {
             self.advance(PHASE_FORK, PHASE_RELEASE);
         }
-        let _ = self.wait_past(PHASE_FORK);
-    }
-
-    /// Puts `writer` in the next writer slot; returns how many members have forked now.
-    fn record_writer(&self, writer: i32) -> u32 {
-        // A slot is taken by a CAS on a free (0) word, then FORKED counts it: when FORKED
-        // reaches n, every slot before n is filled.
-        for k in 0..MAX_MEMBERS {
-            if self
-                .word(W_WRITERS + k)
-                .compare_exchange(0, writer as u32, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                break;
-            }
+        if self.wait_past(PHASE_FORK) == Some(PHASE_RELEASE)
+            && self.word(W_HOLD).load(Ordering::SeqCst) != 0
+        {
+            // `--kill`: stay stopped until killed (or told to resume, or the timeout).
+            let _ = self.wait_past(PHASE_RELEASE);
         }
-        self.word(W_FORKED).fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// Moves the phase from `from` to `to` unless someone (the CLI aborting) already moved it.
@@ -158,7 +146,10 @@ impl Barrier {
     /// the writer then writes nothing.
     pub fn writer_waits_for_release(addr: usize) -> bool {
         let b = core::mem::ManuallyDrop::new(Barrier { addr });
-        b.wait_past(PHASE_FORK) == Some(PHASE_RELEASE)
+        matches!(
+            b.wait_past(PHASE_FORK),
+            Some(PHASE_RELEASE) | Some(PHASE_RESUME)
+        )
     }
 }
 

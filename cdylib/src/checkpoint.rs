@@ -306,7 +306,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
             restore_fork_advice(cap);
             drop_shared_copies(cap);
             if let Some(b) = &barrier {
-                b.forked(child);
+                b.forked();
             }
             release_threads();
             close_pipe_copies(cap);

@@ -77,19 +77,23 @@ pub mod tree_barrier {
     pub const W_PHASE: usize = 3;
     pub const W_FORKED: usize = 4;
     pub const W_TIMEOUT_MS: usize = 5;
-    /// Set by the CLI once it has checked, with every member stopped, that the tree is the
-    /// one it signalled (no process started meanwhile): only then may the release come.
+    /// Set by the CLI once it has checked, with every member stopped, that the tree is
+    /// whole (every process started meanwhile joined): only then may the release come.
     pub const W_VERIFIED: usize = 6;
+    /// Set by the CLI for `--kill`: after the release the members stay stopped (their
+    /// writers write) until the CLI kills them, or moves the phase to resume because the
+    /// image could not be made. So nothing the tree does after the cut (files a build
+    /// renames) happens before the restart.
+    pub const W_HOLD: usize = 7;
     /// The members' PIDs, in order of arrival.
     pub const W_PIDS: usize = 16;
     /// Most members the page has room for.
-    pub const MAX_MEMBERS: usize = (PAGE / 4 - W_PIDS) / 2;
-    /// The PIDs of the members' writer children, in order of fork (so the CLI tells them
-    /// from processes started during the checkpoint).
-    pub const W_WRITERS: usize = W_PIDS + MAX_MEMBERS;
+    pub const MAX_MEMBERS: usize = PAGE / 4 - W_PIDS;
     pub const PHASE_GATHER: u32 = 0;
     pub const PHASE_FORK: u32 = 1;
     pub const PHASE_RELEASE: u32 = 2;
+    /// After a held release: the members run on.
+    pub const PHASE_RESUME: u32 = 4;
     /// Any other phase abandons the checkpoint; the CLI writes this one.
     pub const PHASE_ABORT: u32 = 3;
 }

@@ -121,7 +121,14 @@ fn checkpoint_kill_restart(run: &mut TreeRun, expect_members: usize) -> PathBuf 
         expect_members,
         "the tree under the root: {pids:?}"
     );
+    checkpoint_and_kill(run)
+}
+
+/// Checkpoints the tree under `run` however many processes it has now, and kills it.
+fn checkpoint_and_kill(run: &mut TreeRun) -> PathBuf {
     let image = checkpoint_tree(run.proc.pid, &["--kill"]).image();
+    // Whatever the tree was at the cut: the checkpoint stopped, then killed, all of it.
+    let pids = tree_pids(run.proc.pid);
     assert_killed(run.proc.wait(WAIT), "the original tree's root");
     wait_until("the original tree to be gone", WAIT, || {
         pids.iter()
@@ -457,4 +464,64 @@ fn parent_with_zombie_children_and_shared_anonymous_memory() {
     assert!(st.success(), "the restarted tree ended with {st}\n{err}");
     assert_eq!(read_lossy(&run.out), expected, "{err}");
     assert!(!err.contains("warning"), "{err}");
+}
+
+/// `make -j2` building 300 small targets (each a shell with a pipe into `sha256sum`),
+/// checkpointed mid-build while jobs start and end all the time (one job waits for `go`,
+/// and so do the targets after the 150th, so the build cannot end before the checkpoint):
+/// the checkpoint takes the tree as it is at the cut (processes forked meanwhile join it,
+/// finished jobs not yet reaped are zombies), and the restarted build ends with the same
+/// targets as an uninterrupted one.
+#[test]
+fn make_j2_many_small_targets() {
+    let t = TestDir::new("tree_make");
+    let makefile = "N := $(shell seq 1 300)\n\
+        all: gate $(addprefix t/,$(N))\n\
+        \tcat $(addprefix t/,$(N)) | sha256sum > all.sum\n\
+        gate:\n\
+        \t@while [ ! -e go ]; do sleep 0.01; done\n\
+        t/%:\n\
+        \t@[ $* -le 150 ] || while [ ! -e go ]; do sleep 0.01; done\n\
+        \t@mkdir -p t; echo $* | sha256sum > $@.tmp; mv $@.tmp $@\n\
+        .PHONY: all gate\n";
+    let argv = [
+        OsStr::new("make"),
+        OsStr::new("-j2"),
+        OsStr::new("-s"),
+        OsStr::new("-f"),
+        OsStr::new("../Makefile"),
+    ];
+    fs::write(t.join("Makefile"), makefile).unwrap();
+    let started = |r: &TreeRun| r.dir.join("t/40").exists();
+    let sum = |r: &TreeRun| read_lossy(&r.dir.join("all.sum"));
+
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
+    control.wait_for("the control build to start", started);
+    control.go();
+    control.finishes();
+    let expected = sum(&control);
+    assert!(expected.ends_with("  -\n"), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the build to start", started);
+    let image = checkpoint_and_kill(&mut run);
+    let built = fs::read_dir(run.dir.join("t")).unwrap().count();
+    assert!(built < 300, "the build was over before the checkpoint");
+
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(
+        st.success(),
+        "the restarted build ended with {st}\n{err}\nits stderr:\n{}",
+        read_lossy(&run.err)
+    );
+    assert_eq!(sum(&run), expected, "{err}");
+    for n in 1..=300 {
+        assert!(
+            run.dir.join(format!("t/{n}")).exists(),
+            "t/{n} was not built"
+        );
+    }
 }
