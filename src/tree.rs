@@ -1,11 +1,14 @@
 //! `forkpoint checkpoint --tree`: checkpoint a process and every descendant at one
 //! consistent cut, into one image.
 //!
-//! The steps: find the tree (parents before children) and check that every member runs the
-//! library; leave each a request and a link to one shared barrier page; signal them all;
-//! watch the barrier while the members stop (gather), capture and fork (fork) and run on
-//! (release), the last member of each step moving it on, and abort it at the timeout; wait for every member's report; embed the members' images in the
-//! root's and give the result its final name. The library's side is `cdylib/src/barrier.rs`.
+//! The steps: find the tree (parents before children; zombies too) and check that every
+//! living member runs the library; leave each a request and a link to one shared barrier
+//! page; signal them all; once all have stopped (gather), list the tree again and make any
+//! process forked meanwhile join; then let them capture and fork (fork; the last to fork
+//! releases everyone), or hold them stopped for `--kill`; wait for every member's report;
+//! embed the members' images in the root's and give the result its final name. An attempt
+//! the tree's changes defeat is made again until the timeout. The library's side is
+//! `cdylib/src/barrier.rs`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};

@@ -525,3 +525,38 @@ fn make_j2_many_small_targets() {
         );
     }
 }
+
+const WIDE_C: &str = include_str!("../programs/tree_wide.c");
+
+/// A tree of 64 processes (three levels) checkpointed at one cut and restarted: every
+/// process comes back with its PID, every parent reaps its children by their stored PIDs
+/// with the right exit codes, and the root's sum equals an uninterrupted run's.
+#[test]
+fn a_tree_of_64_processes() {
+    let t = TestDir::new("tree_wide");
+    let exe = compile_c(&t.path, "tree_wide", WIDE_C);
+    let argv = [exe.as_os_str()];
+    let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
+
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
+    control.wait_for("the control tree to be ready", ready);
+    control.go();
+    let expected = control.finishes();
+    assert!(expected.contains("PASS"), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the tree to be ready", ready);
+    let image = checkpoint_kill_restart(&mut run, 64);
+    let info = info_json(&image);
+    assert_eq!(
+        info["metadata"]["tree"]["members"].as_array().map(Vec::len),
+        Some(64)
+    );
+
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
+    assert_eq!(read_lossy(&run.out), expected, "{err}");
+}
