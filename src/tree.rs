@@ -96,6 +96,41 @@ pub fn tree_of(root: i32, all: &[ProcStat]) -> Vec<ProcStat> {
     out
 }
 
+/// The PIDs in /proc now.
+fn pids_now() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn stat_of(pid: i32) -> Option<ProcStat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The tree under `root` while its living members are stopped, read cheaply (this runs in
+/// the pause): the members as they are (stopped, their parents cannot change), the zombies
+/// that still exist, and every process not in `seen` (the PIDs of the first listing), the
+/// only ones that can be a member's new child. (A PID of the first listing reused for a
+/// new child within the attempt would take the kernel cycling through every PID.)
+fn relist(
+    root: i32,
+    seen: &std::collections::HashSet<i32>,
+    members: &[ProcStat],
+    zombies: &[ProcStat],
+) -> Vec<ProcStat> {
+    let mut all: Vec<ProcStat> = members.to_vec();
+    all.extend(zombies.iter().filter_map(|z| stat_of(z.pid)));
+    all.extend(
+        pids_now()
+            .into_iter()
+            .filter(|p| !seen.contains(p))
+            .filter_map(stat_of),
+    );
+    tree_of(root, &all)
+}
+
 fn all_processes() -> Vec<ProcStat> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -313,7 +348,9 @@ fn age(p: &ProcStat) -> Option<Duration> {
 
 fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<String, Again> {
     let root = args.root;
-    let listed = tree_of(root, &all_processes());
+    let everyone = all_processes();
+    let mut seen: std::collections::HashSet<i32> = everyone.iter().map(|p| p.pid).collect();
+    let listed = tree_of(root, &everyone);
     if listed.is_empty() {
         return Err(CliError::new(format!("no process with PID {root}")).into());
     }
@@ -448,7 +485,7 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
             ))
             .into());
         }
-        let now = tree_of(root, &all_processes());
+        let now = relist(root, &seen, &members, &zombies);
         // A zombie reaped before its parent stopped is not the parent's child in its image.
         zombies.retain(|z| now.iter().any(|p| p.pid == z.pid));
         let newcomers: Vec<ProcStat> = now
@@ -478,6 +515,7 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
             ));
         }
         let first_new = members.len();
+        seen.extend(newcomers.iter().map(|p| p.pid));
         for p in newcomers {
             if p.state == 'Z' {
                 zombies.push(p);
