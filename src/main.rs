@@ -53,9 +53,13 @@ enum Command {
         #[arg(long)]
         kill: bool,
         /// Checkpoint the process and all its descendants together, into one image (each
-        /// must run the library).
-        #[arg(long)]
+        /// must run the library). The default when the process has children.
+        #[arg(long, conflicts_with = "no_tree")]
         tree: bool,
+        /// Checkpoint the process alone, even if it has children (they are not in the
+        /// image: a restart brings back the parent without them).
+        #[arg(long)]
+        no_tree: bool,
         /// The process to checkpoint.
         #[arg(value_name = "PID", allow_negative_numbers = true)]
         pid: i32,
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             timeout,
             kill,
             tree,
+            no_tree,
             pid,
         } => (
             "checkpoint",
@@ -153,7 +158,7 @@ fn main() -> ExitCode {
                 output,
                 timeout,
                 kill,
-                tree,
+                tree: tree || (!no_tree && tree::has_children(pid)),
             })
             .map(|path| println!("{path}")),
         ),

@@ -96,6 +96,12 @@ pub fn tree_of(root: i32, all: &[ProcStat]) -> Vec<ProcStat> {
     out
 }
 
+/// Whether `pid` has children (other than the library's image writers): `checkpoint` then
+/// takes the whole tree unless told `--no-tree`.
+pub fn has_children(pid: i32) -> bool {
+    tree_of(pid, &all_processes()).len() > 1
+}
+
 /// The PIDs in /proc now.
 fn pids_now() -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {

@@ -96,10 +96,16 @@ fn java_classes(t: &TestDir) -> PathBuf {
     classes
 }
 
+/// One Java round trip at a time: a JVM starting removes the `/tmp/hsperfdata_USER/PID`
+/// files of JVMs no longer running, which is the file the other test's killed JVM still
+/// has mapped until its restart.
+static ONE_JVM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn java_roundtrip(name: &str, gc: &str) {
     if !have_tool("java") || !have_tool("javac") {
         return;
     }
+    let _one = ONE_JVM.lock().unwrap_or_else(|e| e.into_inner());
     let t = TestDir::new(name);
     let classes = java_classes(&t);
     // A bounded heap, so that the collector works during the run.
