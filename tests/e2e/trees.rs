@@ -319,13 +319,18 @@ fn a_member_without_the_library_is_named() {
         read_lossy(&r.out).contains("started") && tree_pids(r.proc.pid).len() == 2
     });
     let pids = tree_pids(run.proc.pid);
-    let c = checkpoint_tree(run.proc.pid, &[]);
+    let c = checkpoint(run.proc.pid, &[]);
     assert!(!c.status.success());
     assert!(
         c.stderr.contains(&format!("{} (sleep)", pids[1])) && c.stderr.contains("libforkpoint"),
         "{}",
         c.stderr
     );
+    // The policy for such a child: --no-tree takes the parent alone.
+    let alone = checkpoint(run.proc.pid, &[OsStr::new("--no-tree")]).image();
+    let info = info_json(&alone);
+    assert!(info["metadata"]["tree"].is_null(), "a tree image: {info}");
+    fs::remove_file(&alone).unwrap();
     for &p in pids.iter().rev() {
         // SAFETY: signalling processes this test started.
         unsafe { libc::kill(p, libc::SIGKILL) };
@@ -546,7 +551,15 @@ fn a_tree_of_64_processes() {
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
     run.wait_for("the tree to be ready", ready);
-    let image = checkpoint_kill_restart(&mut run, 64);
+    // Plain `checkpoint PID` (no --tree): a process with children is taken with its tree.
+    let pids = tree_pids(run.proc.pid);
+    assert_eq!(pids.len(), 64, "{pids:?}");
+    let image = checkpoint(run.proc.pid, &[OsStr::new("--kill")]).image();
+    assert_killed(run.proc.wait(WAIT), "the original tree's root");
+    wait_until("the original tree to be gone", WAIT, || {
+        pids.iter()
+            .all(|&p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(p))
+    });
     let info = info_json(&image);
     assert_eq!(
         info["metadata"]["tree"]["members"].as_array().map(Vec::len),
