@@ -497,6 +497,46 @@ pub fn restore_tree(
     exit(wait_for(root_pid));
 }
 
+/// The process group member `c` must join inside the tree: one led by a member, other than
+/// the root's (the root stays in `forkpoint restart`'s group and session, which stand for
+/// its own: members in the root's group inherit it).
+fn group_in_tree(tree: &[TreeMember], c: usize) -> Option<i32> {
+    let (t, root) = (&tree[c], &tree[0]);
+    // A session leader makes its group with its session (a group leader could not).
+    let session_leader = t.sid == t.pid && t.sid != root.sid;
+    (c != 0 && !session_leader && t.pgid != root.pgid && tree.iter().any(|m| m.pid == t.pgid))
+        .then_some(t.pgid)
+}
+
+/// Puts member `i` (the calling process, just created) into its session and process
+/// group: a session leader of its own session makes it again (before it creates its
+/// children, which inherit it); a group led by a member is joined.
+fn join_session_and_group(tree: &[TreeMember], i: usize) {
+    let (t, root) = (&tree[i], &tree[0]);
+    if i == 0 {
+        return;
+    }
+    if t.sid == t.pid && t.sid != root.sid {
+        // SAFETY: setsid affects only this process.
+        unsafe { libc::setsid() };
+        return;
+    }
+    if let Some(pgid) = group_in_tree(tree, i) {
+        let pgid = if pgid == t.pid { 0 } else { pgid };
+        // SAFETY: setpgid on this process; an error leaves it where it is.
+        unsafe { libc::setpgid(0, pgid) };
+    } else if t.pgid == root.pgid {
+        // Back in the root's group if the parent left it.
+        // SAFETY: getpgid/setpgid on processes of this tree.
+        unsafe {
+            let root_group = libc::getpgid(root.pid);
+            if root_group > 0 && libc::getpgid(0) != root_group {
+                libc::setpgid(0, root_group);
+            }
+        }
+    }
+}
+
 /// Ends this process as the zombie it was: named as it was, with its wait status (a
 /// normal exit's code, or death by the same signal, without a core dump).
 fn become_zombie(cmdline: &[String], status: i32) -> ! {
@@ -541,16 +581,27 @@ fn become_member(
     // Only init may hold the go pipe's write end: its close is everyone's abort.
     close(go_w);
     let me = tree[i].pid;
-    for (c, child) in tree.iter().enumerate().skip(1) {
-        if child.ppid != me {
-            continue;
-        }
+    join_session_and_group(tree, i);
+    // Group leaders first, so that their siblings can join their groups.
+    let mut children: Vec<usize> = (1..tree.len()).filter(|&c| tree[c].ppid == me).collect();
+    children.sort_by_key(|&c| tree[c].pgid != tree[c].pid);
+    for c in children {
+        let child = &tree[c];
         match clone_with_pid(child.pid) {
-            Ok(0) => match child.exited {
-                Some(status) => become_zombie(&child.cmdline, status),
-                None => become_member(path, c, tree, members, sync, -1, opts),
-            },
+            Ok(0) => {
+                join_session_and_group(tree, c);
+                match child.exited {
+                    Some(status) => become_zombie(&child.cmdline, status),
+                    None => become_member(path, c, tree, members, sync, -1, opts),
+                }
+            }
             Ok(pid) => {
+                // The parent's side of the child's group change too (as shells do): either
+                // may run first.
+                if let Some(pgid) = group_in_tree(tree, c) {
+                    // SAFETY: setpgid on our own child; an error leaves it where it is.
+                    unsafe { libc::setpgid(pid, pgid) };
+                }
                 if child.exited.is_some() {
                     // A zombie before this process becomes the program: its SIGCHLD goes
                     // to the loader (ignored), the program finds it waiting to be reaped.

@@ -573,3 +573,32 @@ fn a_tree_of_64_processes() {
     assert!(st.success(), "the restarted tree ended with {st}\n{err}");
     assert_eq!(read_lossy(&run.out), expected, "{err}");
 }
+
+const GROUPS_C: &str = include_str!("../programs/tree_groups.c");
+
+/// Sessions and process groups inside the tree come back: a child that made its own
+/// session is its leader again, a group leader's child is in its group (and `kill(-pgid)`
+/// reaches both), a child in the root's group stays in it.
+#[test]
+fn sessions_and_process_groups_inside_the_tree() {
+    let t = TestDir::new("tree_groups");
+    let exe = compile_c(&t.path, "tree_groups", GROUPS_C);
+    let argv = [exe.as_os_str()];
+    let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
+
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
+    control.wait_for("the control run to be ready", ready);
+    control.go();
+    let expected = control.finishes();
+    assert!(expected.contains("PASS"), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the program to be ready", ready);
+    let image = checkpoint_kill_restart(&mut run, 5);
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
+    assert_eq!(read_lossy(&run.out), expected, "{err}");
+}
