@@ -25,6 +25,9 @@ pub struct SharedFds {
     pub pipes: HashMap<u64, (RawFd, RawFd)>,
     pub sockets: HashMap<u64, RawFd>,
     pub memory: HashMap<MemoryObject, RawFd>,
+    /// Restoring a member of a tree: the pipes and sockets the root inherited from outside
+    /// the tree (its stdio); any other pipe a member was to inherit was made inside it.
+    pub tree: Option<std::collections::HashSet<u64>>,
 }
 
 /// A descriptor ready to be moved into place.
@@ -525,7 +528,14 @@ pub fn prepare(
             FdKind::Socket { socket: Some(s) } => shared.sockets.contains_key(&s.ino),
             _ => false,
         };
-        let restore = if in_tree {
+        // A stdio pipe of a member that is not the root's from outside was made inside the
+        // tree (`echo | sha256sum` in a shell whose `echo` has exited): it comes back with
+        // its bytes, not as the restarting command's descriptor.
+        let made_inside = shared.tree.as_ref().is_some_and(|outside| {
+            f.restore == FdRestore::Inherit
+                && matches!(&f.kind, FdKind::Pipe { pipe: Some(p) } if !outside.contains(&p.ino))
+        });
+        let restore = if in_tree || made_inside {
             &FdRestore::Recreate
         } else {
             &f.restore

@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use forkpoint_image::{FdKind, ImageFile, Mapping, MemoryObject, Metadata, TreeMember};
+use forkpoint_image::{FdKind, FdRestore, ImageFile, Mapping, MemoryObject, Metadata, TreeMember};
 
 use crate::fds::SharedFds;
 use crate::{verify, RestoreError, RestoreOptions};
@@ -165,6 +165,18 @@ fn enter_namespaces() -> Result<(), RestoreError> {
 
 /// The pipes and socket pairs more than one member holds, made here with their contents.
 fn make_shared(members: &[&ImageFile]) -> Result<SharedFds, RestoreError> {
+    // What the root inherits from outside (its stdio) is not the tree's to make.
+    let outside: std::collections::HashSet<u64> = members[0]
+        .metadata
+        .fds
+        .iter()
+        .filter(|f| f.restore == FdRestore::Inherit)
+        .filter_map(|f| match &f.kind {
+            FdKind::Pipe { pipe: Some(p) } => Some(p.ino),
+            FdKind::Socket { socket: Some(s) } => Some(s.ino),
+            _ => None,
+        })
+        .collect();
     let mut holders: HashMap<u64, usize> = HashMap::new();
     let count = |ino: u64, holders: &mut HashMap<u64, usize>, seen: &mut Vec<u64>| {
         if !seen.contains(&ino) {
@@ -176,10 +188,14 @@ fn make_shared(members: &[&ImageFile]) -> Result<SharedFds, RestoreError> {
         let mut seen = Vec::new();
         for f in &m.metadata.fds {
             match &f.kind {
-                FdKind::Pipe { pipe: Some(p) } if !f.path.starts_with('/') => {
+                FdKind::Pipe { pipe: Some(p) }
+                    if !f.path.starts_with('/') && !outside.contains(&p.ino) =>
+                {
                     count(p.ino, &mut holders, &mut seen)
                 }
-                FdKind::Socket { socket: Some(s) } if s.pair.is_some() => {
+                FdKind::Socket { socket: Some(s) }
+                    if s.pair.is_some() && !outside.contains(&s.ino) =>
+                {
                     let pair = s.pair.unwrap_or(s.ino);
                     count(s.ino.min(pair), &mut holders, &mut seen)
                 }
@@ -190,6 +206,7 @@ fn make_shared(members: &[&ImageFile]) -> Result<SharedFds, RestoreError> {
     let mut shared = SharedFds::default();
     let err = |what: &str, e: std::io::Error| RestoreError::os(what.into(), e);
     shared.memory = make_shared_memory(members)?;
+    shared.tree = Some(outside);
     for m in members {
         for f in &m.metadata.fds {
             match &f.kind {

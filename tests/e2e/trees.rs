@@ -435,9 +435,10 @@ fn python_multiprocessing_pool_imap() {
 const ZOMBIE_C: &str = include_str!("../programs/tree_zombie.c");
 
 /// A parent with two zombie children (one exited 7, one killed by SIGTERM; SIGCHLD pending,
-/// blocked) and a live child that shares anonymous memory with it: after the restart the
-/// parent reaps all three by their stored PIDs with the same statuses, finds SIGCHLD still
-/// pending and the live child's additions in the shared memory.
+/// blocked), a live child that shares anonymous memory with it, and a child whose stdin is
+/// a pipe with bytes in flight from a writer already gone: after the restart the parent
+/// reaps all four by their stored PIDs with the same statuses, finds SIGCHLD still pending
+/// and the live child's additions in the shared memory; the reader gets its bytes.
 #[test]
 fn parent_with_zombie_children_and_shared_anonymous_memory() {
     let t = TestDir::new("tree_zombie");
@@ -453,7 +454,7 @@ fn parent_with_zombie_children_and_shared_anonymous_memory() {
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
     run.wait_for("the program to be ready", ready);
-    let image = checkpoint_kill_restart(&mut run, 4);
+    let image = checkpoint_kill_restart(&mut run, 5);
     let info = info_json(&image);
     let members = info["metadata"]["tree"]["members"]
         .as_array()

@@ -1,6 +1,6 @@
 /* A parent with a zombie child (exited 7, not reaped, SIGCHLD pending: the parent blocks
- * it), a second one killed by SIGTERM, and a live child sharing MAP_SHARED|MAP_ANONYMOUS
- * memory with it. Prints "ready" when all that is in place; after the file "go" appears,
+ * it), a second one killed by SIGTERM, a live child sharing MAP_SHARED|MAP_ANONYMOUS
+ * memory with it, and a child reading its stdin from a pipe whose writer is gone. Prints "ready" when all that is in place; after the file "go" appears,
  * the live child adds to the shared counter and exits 3, and the parent reaps all three by
  * their stored PIDs and prints what it found. */
 #include <signal.h>
@@ -43,6 +43,31 @@ int main(void) {
             shared[0] += i;
         _exit(3);
     }
+    /* A reader whose stdin is a pipe with bytes in flight from a writer already reaped:
+     * only the reader holds the pipe now. */
+    int fds[2];
+    if (pipe(fds) != 0)
+        return 1;
+    pid_t writer = fork();
+    if (writer == 0) {
+        if (write(fds[1], "bytes in flight\n", 16) != 16)
+            _exit(1);
+        _exit(0);
+    }
+    waitpid(writer, NULL, 0);
+    pid_t reader = fork();
+    if (reader == 0) {
+        dup2(fds[0], 0);
+        close(fds[0]);
+        close(fds[1]);
+        wait_for_go();
+        char line[64] = {0};
+        ssize_t n = read(0, line, sizeof line - 1);
+        printf("reader got %zd bytes: %s", n, line);
+        _exit(n == 16 ? 0 : 1);
+    }
+    close(fds[0]);
+    close(fds[1]);
     kill(killed, SIGTERM);
     siginfo_t si;
     waitid(P_PID, exited, &si, WEXITED | WNOWAIT);
@@ -59,6 +84,10 @@ int main(void) {
     pid_t r1 = waitpid(exited, &st1, 0);
     pid_t r2 = waitpid(killed, &st2, 0);
     pid_t r3 = waitpid(live, &st3, 0);
+    int st4 = 0;
+    pid_t r4 = waitpid(reader, &st4, 0);
+    printf("reader: %s status %d\n", r4 == reader ? "reaped" : "missing",
+           WIFEXITED(st4) ? WEXITSTATUS(st4) : -1);
     printf("exited: %s status %d\n", r1 == exited ? "reaped" : "missing",
            WIFEXITED(st1) ? WEXITSTATUS(st1) : -1);
     printf("killed: %s signal %d\n", r2 == killed ? "reaped" : "missing",
@@ -69,7 +98,7 @@ int main(void) {
     printf("no more children: %d\n", more == -1);
     int ok = r1 == exited && r2 == killed && r3 == live && WEXITSTATUS(st1) == 7 &&
              WTERMSIG(st2) == SIGTERM && WEXITSTATUS(st3) == 3 && shared[0] == 1000 + 499500 &&
-             more == -1;
+             more == -1 && r4 == reader && WIFEXITED(st4) && WEXITSTATUS(st4) == 0;
     printf("%s\n", ok ? "PASS" : "FAIL");
     return ok ? 0 : 1;
 }
