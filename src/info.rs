@@ -254,6 +254,22 @@ fn render_tree(img: &ImageFile, members: &[(i32, ImageFile)]) -> String {
             pids.join(", ")
         );
     }
+    for group in &tree.shared_files {
+        let path = members
+            .iter()
+            .find(|(pid, _)| *pid == group[0].pid)
+            .and_then(|(_, m)| m.metadata.fds.iter().find(|f| f.fd == group[0].fd))
+            .map_or("?", |f| f.path.as_str());
+        let holders: Vec<String> = group
+            .iter()
+            .map(|d| format!("{} fd {}", d.pid, d.fd))
+            .collect();
+        let _ = writeln!(
+            w,
+            "  shared    file description {path} (one offset): {}",
+            holders.join(", ")
+        );
+    }
     let _ = writeln!(w, "root process:");
     s
 }

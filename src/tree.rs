@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use forkpoint_image::{
-    encode_metadata, Footer, Header, ImageFile, TreeInfo, TreeMember, FOOTER_LEN,
-    METADATA_ENCODING_JSON, PAGE_SIZE,
+    encode_metadata, FdKind, FdRestore, Footer, Header, ImageFile, MemberFd, TreeInfo, TreeMember,
+    FOOTER_LEN, METADATA_ENCODING_JSON, PAGE_SIZE,
 };
 
 use crate::checkpoint::{check_target, fmt_duration, process_alive, random_id, sigqueue};
@@ -29,7 +29,7 @@ use crate::{fmt_bytes, parse, CliError};
 pub use forkpoint_image::tree_barrier::MAX_MEMBERS;
 use forkpoint_image::tree_barrier::{
     MAGIC, PAGE, PHASE_ABORT, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, PHASE_RESUME, W_ARRIVED,
-    W_FORKED, W_HOLD, W_MAGIC, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED,
+    W_COMPARED, W_FORKED, W_HOLD, W_MAGIC, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED,
 };
 
 /// A process as `/proc/PID/stat` shows it.
@@ -194,6 +194,21 @@ impl BarrierPage {
             };
         self.wake_phase();
         now == to
+    }
+
+    fn wake(&self, i: usize) {
+        // SAFETY: FUTEX_WAKE on a valid word has no memory effects.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.word(i).as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                0,
+                0,
+                0,
+            )
+        };
     }
 
     fn wake_phase(&self) {
@@ -583,11 +598,18 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     if !forked && failures.is_empty() {
         failures.push("not every member forked its writer in time".into());
     }
-    // Held members (`--kill`) run on if there is no image after all.
+    // Held members (`--kill`) run on if there is no image after all. The writers wait,
+    // holding their members' descriptors as they were at the cut, until the descriptors
+    // are compared (or this ends otherwise).
     let resume = || {
         barrier.advance(PHASE_RELEASE, PHASE_RESUME);
     };
+    let compared = || {
+        barrier.word(W_COMPARED).store(1, Ordering::SeqCst);
+        barrier.wake(W_COMPARED);
+    };
     if !failures.is_empty() {
+        compared();
         resume();
         return Err(CliError::new(format!(
             "checkpoint of the tree under {root} failed (the processes run on, no image): {}",
@@ -597,8 +619,10 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     }
 
     let images: Vec<&Path> = requests.iter().map(|(_, _, i)| i.as_path()).collect();
-    let bytes =
-        assemble(&members, &zombies, &images, &args.output, id).inspect_err(|_| resume())?;
+    let shared_files = shared_descriptions(&members, &images);
+    compared();
+    let bytes = assemble(&members, &zombies, &images, &shared_files, &args.output, id)
+        .inspect_err(|_| resume())?;
     eprintln!(
         "forkpoint: checkpoint of the tree under {root} ({} processes{}) written: {}, all \
          stopped after {:.3} ms, longest pause {:.3} ms, durable after {} ms",
@@ -716,6 +740,77 @@ fn joining_signal(p: &ProcStat) -> Result<i32, String> {
     }
 }
 
+/// Which descriptors of different members are one open file description (one offset, as
+/// after `fork`: a job's stdout redirected to a file, a log opened before forking). Asked
+/// of the kernel (`kcmp`) on the members' writers, which hold the descriptors as they were
+/// at the cut; only files a restart reopens are compared (others are recreated). Without
+/// `kcmp` (or the writers), none is taken as shared.
+fn shared_descriptions(members: &[ProcStat], images: &[&Path]) -> Vec<Vec<MemberFd>> {
+    let all = all_processes();
+    let writer_of = |pid: i32| {
+        let mut w = all
+            .iter()
+            .filter(|p| p.ppid == pid && p.comm == WRITER_COMM && p.state != 'Z');
+        match (w.next(), w.next()) {
+            (Some(p), None) => Some(p.pid),
+            _ => None,
+        }
+    };
+    // (writer, descriptor, path) of every file a restart would reopen.
+    let mut candidates: Vec<(i32, MemberFd, String)> = Vec::new();
+    for (m, path) in members.iter().zip(images) {
+        let (Some(w), Ok(img)) = (writer_of(m.pid), ImageFile::open(path)) else {
+            continue;
+        };
+        for f in &img.metadata.fds {
+            if f.restore == FdRestore::Reopen && matches!(f.kind, FdKind::Regular { .. }) {
+                candidates.push((
+                    w,
+                    MemberFd {
+                        pid: m.pid,
+                        fd: f.fd,
+                    },
+                    f.path.clone(),
+                ));
+            }
+        }
+    }
+    let same = |a: &(i32, MemberFd, String), b: &(i32, MemberFd, String)| {
+        // SAFETY: kcmp only compares kernel objects of two processes.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                a.0,
+                b.0,
+                0, // KCMP_FILE
+                a.1.fd as libc::c_long,
+                b.1.fd as libc::c_long,
+            )
+        };
+        r == 0
+    };
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in 0..candidates.len() {
+        let joined = groups.iter_mut().find(|g| {
+            let first = &candidates[g[0]];
+            first.2 == candidates[i].2
+                && !g
+                    .iter()
+                    .any(|&k| candidates[k].1.pid == candidates[i].1.pid)
+                && same(first, &candidates[i])
+        });
+        match joined {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|g| g.len() > 1)
+        .map(|g| g.into_iter().map(|k| candidates[k].1).collect())
+        .collect()
+}
+
 /// After an abandoned attempt: waits (briefly) for each member's report, so none is
 /// written after the attempt's files are removed.
 fn settle(members: &[ProcStat], requests: &[(PathBuf, PathBuf, PathBuf)], signo: i32) {
@@ -748,6 +843,7 @@ fn assemble(
     members: &[ProcStat],
     zombies: &[ProcStat],
     images: &[&Path],
+    shared_files: &[Vec<MemberFd>],
     output: &Path,
     id: i32,
 ) -> Result<u64, CliError> {
@@ -819,6 +915,7 @@ fn assemble(
                 exited: Some(z.exit_code),
             });
         }
+        tree.shared_files = shared_files.to_vec();
         let mut meta = root_img.metadata.clone();
         meta.tree = Some(tree);
         let at = out.seek(SeekFrom::End(0)).map_err(io_err)?;

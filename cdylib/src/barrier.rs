@@ -22,8 +22,8 @@ use crate::sys;
 
 pub use forkpoint_image::tree_barrier::PAGE;
 use forkpoint_image::tree_barrier::{
-    MAGIC, MAX_MEMBERS, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, PHASE_RESUME, W_ARRIVED, W_FORKED,
-    W_HOLD, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED,
+    MAGIC, MAX_MEMBERS, PHASE_ABORT, PHASE_FORK, PHASE_GATHER, PHASE_RELEASE, PHASE_RESUME,
+    W_ARRIVED, W_COMPARED, W_FORKED, W_HOLD, W_MEMBERS, W_PHASE, W_PIDS, W_TIMEOUT_MS, W_VERIFIED,
 };
 
 /// A mapped barrier page, unmapped on drop.
@@ -36,6 +36,11 @@ impl Barrier {
     pub fn open(pid: i32, id: u64) -> Option<Barrier> {
         let mut path = FixBuf::<4096>::new();
         report::runtime_file(&mut path, pid, "barrier", id);
+        Self::open_path(&mut path)
+    }
+
+    /// The barrier at `path` (`.../PID/barrier.ID`).
+    fn open_path(path: &mut FixBuf<4096>) -> Option<Barrier> {
         let fd = sys::open(
             path.as_cstr(),
             libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
@@ -150,6 +155,31 @@ impl Barrier {
             b.wait_past(PHASE_FORK),
             Some(PHASE_RELEASE) | Some(PHASE_RESUME)
         )
+    }
+}
+
+impl Barrier {
+    /// In the writer child, its report written: waits until the CLI has compared the
+    /// writers' descriptors (this process holds its member's as they were at the cut).
+    pub fn writer_waits_for_comparison(report_path: &[u8], id: u64) {
+        // The barrier is next to the report (the writer does not look the runtime up).
+        let dir = report_path
+            .iter()
+            .rposition(|&c| c == b'/')
+            .map_or(&report_path[..0], |i| &report_path[..=i]);
+        let mut path = FixBuf::<4096>::new();
+        path.push(dir).str("barrier.").u64(id);
+        let Some(b) = Barrier::open_path(&mut path) else {
+            return;
+        };
+        let deadline = sys::monotonic_ns() + b.timeout_ns();
+        while b.word(W_COMPARED).load(Ordering::SeqCst) == 0 {
+            let left = deadline.saturating_sub(sys::monotonic_ns());
+            if left == 0 || b.word(W_PHASE).load(Ordering::SeqCst) == PHASE_ABORT {
+                return;
+            }
+            sys::futex_wait_shared(b.word(W_COMPARED), 0, left.min(100_000_000));
+        }
     }
 }
 

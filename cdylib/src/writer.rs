@@ -104,6 +104,12 @@ pub extern "C" fn writer_main() -> ! {
                 .u64(done.write_ns / 1_000_000)
                 .str(" ms)");
             report::log(LogLevel::Info, l.as_bytes());
+            if cap.barrier_page != 0 {
+                crate::barrier::Barrier::writer_waits_for_comparison(
+                    cap.report_path.as_bytes(),
+                    cap.request_id,
+                );
+            }
             sys::exit_group(0)
         }
         Err(e) => {

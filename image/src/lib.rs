@@ -85,6 +85,10 @@ pub mod tree_barrier {
     /// image could not be made. So nothing the tree does after the cut (files a build
     /// renames) happens before the restart.
     pub const W_HOLD: usize = 7;
+    /// Set by the CLI once it has compared the writers' descriptors (which open file
+    /// descriptions members share, `kcmp`): the writers, which hold copies of their
+    /// members' descriptors as they were at the cut, exit only then (or at the timeout).
+    pub const W_COMPARED: usize = 8;
     /// The members' PIDs, in order of arrival.
     pub const W_PIDS: usize = 16;
     /// Most members the page has room for.

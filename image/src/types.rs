@@ -51,6 +51,17 @@ pub struct Metadata {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TreeInfo {
     pub members: Vec<TreeMember>,
+    /// Open file descriptions that more than one member holds (one file offset between
+    /// them, as after `fork`): each the descriptors, by member, that are one description.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_files: Vec<Vec<MemberFd>>,
+}
+
+/// Descriptor `fd` of tree member `pid`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberFd {
+    pub pid: i32,
+    pub fd: i32,
 }
 
 /// One process of a tree.

@@ -176,6 +176,24 @@ fn validate_tree(m: &Metadata, chunks_end: u64) -> Result<(), ValidationError> {
         }
         ranges.push((t.image_offset, t.image_offset + t.image_len, t.pid));
     }
+    for (g, group) in tree.shared_files.iter().enumerate() {
+        if group.len() < 2 || group.len() > MAX_TREE_MEMBERS * 4 {
+            return err(format!(
+                "shared file description {g}: {} descriptors (must be 2 to {})",
+                group.len(),
+                MAX_TREE_MEMBERS * 4
+            ));
+        }
+        if let Some(d) = group
+            .iter()
+            .find(|d| d.fd < 0 || !members.iter().any(|t| t.pid == d.pid && t.exited.is_none()))
+        {
+            return err(format!(
+                "shared file description {g}: descriptor {} of {} is not a living member's",
+                d.fd, d.pid
+            ));
+        }
+    }
     ranges.sort_unstable();
     if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
         return err(format!(

@@ -1003,7 +1003,10 @@ fn tree_members_are_validated() {
     let root = meta.process.pid;
     let end = 1 << 20;
     let check = |meta: &mut forkpoint_image::Metadata, members: Vec<TreeMember>| {
-        meta.tree = Some(TreeInfo { members });
+        meta.tree = Some(TreeInfo {
+            members,
+            ..Default::default()
+        });
         validate_metadata(meta, end).map_err(|e| e.to_string())
     };
     assert!(check(&mut meta, vec![member(root, 1, 0, 0)]).is_ok());
@@ -1072,5 +1075,31 @@ fn tree_members_are_validated() {
     for (members, why) in bad {
         let e = check(&mut meta, members.clone()).unwrap_err();
         assert!(e.contains(why), "{members:?}: {e}");
+    }
+    // Shared open file descriptions: two or more descriptors of living members.
+    use forkpoint_image::MemberFd;
+    let two = vec![member(root, 1, 0, 0), member(5000, root, 0x80000, 0x10000)];
+    let shared = |meta: &mut forkpoint_image::Metadata, groups: Vec<Vec<MemberFd>>| {
+        meta.tree = Some(TreeInfo {
+            members: two.clone(),
+            shared_files: groups,
+        });
+        validate_metadata(meta, end).map_err(|e| e.to_string())
+    };
+    let fd = |pid, fd| MemberFd { pid, fd };
+    assert!(shared(&mut meta, vec![vec![fd(root, 1), fd(5000, 1)]]).is_ok());
+    for (groups, why) in [
+        (vec![vec![fd(root, 1)]], "1 descriptors"),
+        (
+            vec![vec![fd(root, 1), fd(4999, 1)]],
+            "not a living member's",
+        ),
+        (
+            vec![vec![fd(root, 1), fd(5000, -1)]],
+            "not a living member's",
+        ),
+    ] {
+        let e = shared(&mut meta, groups.clone()).unwrap_err();
+        assert!(e.contains(why), "{groups:?}: {e}");
     }
 }

@@ -360,7 +360,17 @@ fn tree() -> impl Strategy<Value = TreeInfo> {
             image_len: n[2],
             exited,
         });
-    proptest::collection::vec(member, 0..3).prop_map(|members| TreeInfo { members })
+    let shared = proptest::collection::vec(
+        proptest::collection::vec(
+            (any::<i32>(), any::<i32>()).prop_map(|(pid, fd)| MemberFd { pid, fd }),
+            0..3,
+        ),
+        0..2,
+    );
+    (proptest::collection::vec(member, 0..3), shared).prop_map(|(members, shared_files)| TreeInfo {
+        members,
+        shared_files,
+    })
 }
 
 proptest! {

@@ -28,6 +28,8 @@ pub struct SharedFds {
     /// Restoring a member of a tree: the pipes and sockets the root inherited from outside
     /// the tree (its stdio); any other pipe a member was to inherit was made inside it.
     pub tree: Option<std::collections::HashSet<u64>>,
+    /// Open file descriptions members share (one offset), by (pid, fd): opened once.
+    pub files: HashMap<(i32, i32), RawFd>,
 }
 
 /// A descriptor ready to be moved into place.
@@ -503,6 +505,17 @@ fn take_lock(fd: BorrowedFd<'_>, l: &FileLock, test_only: bool) -> io::Result<()
     Ok(())
 }
 
+/// Opens the file of `f` as a restart reopens it (same flags, at its offset): for an open
+/// file description several processes of a tree share.
+pub fn reopen_shared(meta: &Metadata, f: &FdEntry) -> Result<OwnedFd, RestoreError> {
+    let what = |e| RestoreError::os(format!("cannot reopen {} (shared by the tree)", f.path), e);
+    let fd = open_path(&crate::verify::live_path(meta, &f.path), f.flags).map_err(what)?;
+    if f.offset > 0 && f.flags & libc::O_APPEND == 0 {
+        seek(fd.as_fd(), f.offset).map_err(what)?;
+    }
+    Ok(fd)
+}
+
 /// Opens or creates every descriptor to restore. Returns them and the warnings to show.
 pub fn prepare(
     img: &ImageFile,
@@ -550,6 +563,17 @@ pub fn prepare(
                     ));
                 }
                 continue;
+            }
+            FdRestore::Reopen if shared.files.contains_key(&(meta.process.pid, f.fd)) => {
+                // One description with other members of the tree, opened (and placed at
+                // its offset) before they started.
+                // SAFETY: the tree's descriptors stay open until `install` closes what the
+                // program does not use, after this.
+                let one =
+                    unsafe { BorrowedFd::borrow_raw(shared.files[&(meta.process.pid, f.fd)]) };
+                dup_lifted(one, 3).map_err(|e| {
+                    RestoreError::os(format!("cannot place descriptor {} ({})", f.fd, f.path), e)
+                })?
             }
             FdRestore::Reopen => {
                 let fd =

@@ -16,7 +16,9 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use forkpoint_image::{FdKind, FdRestore, ImageFile, Mapping, MemoryObject, Metadata, TreeMember};
+use forkpoint_image::{
+    FdKind, FdRestore, ImageFile, Mapping, MemberFd, MemoryObject, Metadata, TreeMember,
+};
 
 use crate::fds::SharedFds;
 use crate::{verify, RestoreError, RestoreOptions};
@@ -164,7 +166,32 @@ fn enter_namespaces() -> Result<(), RestoreError> {
 }
 
 /// The pipes and socket pairs more than one member holds, made here with their contents.
-fn make_shared(members: &[&ImageFile]) -> Result<SharedFds, RestoreError> {
+/// Each open file description members share, opened once (as its first holder's entry
+/// says), for every holder's descriptor.
+fn make_shared_files(
+    members: &[&ImageFile],
+    groups: &[Vec<MemberFd>],
+) -> Result<HashMap<(i32, i32), RawFd>, RestoreError> {
+    let mut files = HashMap::new();
+    for group in groups {
+        let entry = group.iter().find_map(|d| {
+            let m = members.iter().find(|m| m.metadata.process.pid == d.pid)?;
+            let f = m.metadata.fds.iter().find(|f| f.fd == d.fd)?;
+            (f.restore == FdRestore::Reopen).then_some((m, f))
+        });
+        let Some((m, f)) = entry else { continue };
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(crate::fds::reopen_shared(&m.metadata, f)?);
+        for d in group {
+            files.insert((d.pid, d.fd), fd);
+        }
+    }
+    Ok(files)
+}
+
+fn make_shared(
+    members: &[&ImageFile],
+    shared_files: &[Vec<MemberFd>],
+) -> Result<SharedFds, RestoreError> {
     // What the root inherits from outside (its stdio) is not the tree's to make.
     let outside: std::collections::HashSet<u64> = members[0]
         .metadata
@@ -207,6 +234,7 @@ fn make_shared(members: &[&ImageFile]) -> Result<SharedFds, RestoreError> {
     let err = |what: &str, e: std::io::Error| RestoreError::os(what.into(), e);
     shared.memory = make_shared_memory(members)?;
     shared.tree = Some(outside);
+    shared.files = make_shared_files(members, shared_files)?;
     for m in members {
         for f in &m.metadata.fds {
             match &f.kind {
@@ -446,7 +474,13 @@ pub fn restore_tree(
         exit(wait_for(init));
     }
     // Init, PID 1 of the namespace.
-    let shared = match make_shared(&living) {
+    let shared_files = img
+        .metadata
+        .tree
+        .as_ref()
+        .map(|t| t.shared_files.clone())
+        .unwrap_or_default();
+    let shared = match make_shared(&living, &shared_files) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("forkpoint restart: {e}");
@@ -482,6 +516,12 @@ pub fn restore_tree(
         .chain(sync.shared.memory.values())
     {
         close(s);
+    }
+    let mut files: Vec<RawFd> = sync.shared.files.values().copied().collect();
+    files.sort_unstable();
+    files.dedup();
+    for fd in files {
+        close(fd);
     }
     // Every member says R (staged) or F; a member that dies says nothing.
     let mut staged = 0;

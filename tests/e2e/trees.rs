@@ -603,3 +603,39 @@ fn sessions_and_process_groups_inside_the_tree() {
     assert!(st.success(), "the restarted tree ended with {st}\n{err}");
     assert_eq!(read_lossy(&run.out), expected, "{err}");
 }
+
+const SHARED_FILE_C: &str = include_str!("../programs/tree_shared_file.c");
+
+/// A log opened before a fork is one open file description of parent and child (one
+/// offset): after the restart their writes still follow one another, none overwrites
+/// another's; the image names the shared descriptions.
+#[test]
+fn an_open_file_description_shared_by_parent_and_child() {
+    let t = TestDir::new("tree_shared_file");
+    let exe = compile_c(&t.path, "tree_shared_file", SHARED_FILE_C);
+    let argv = [exe.as_os_str()];
+    let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
+
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
+    control.wait_for("the control run to be ready", ready);
+    control.go();
+    let expected = control.finishes();
+    assert!(expected.contains("PASS"), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the program to be ready", ready);
+    let image = checkpoint_kill_restart(&mut run, 2);
+    let info = info_json(&image);
+    let groups = info["metadata"]["tree"]["shared_files"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    // The log, and stdout and stderr (files here).
+    assert!(groups.len() >= 3, "shared descriptions: {groups:?}");
+    run.go();
+    let mut r = restart_tree(&image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
+    assert_eq!(read_lossy(&run.out), expected, "{err}");
+}
