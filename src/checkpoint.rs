@@ -21,6 +21,15 @@ pub struct CheckpointArgs {
 /// Outcome printed by the caller: the image path goes to stdout.
 pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
     let pid = args.pid;
+    // Inside a restored tree's PID namespace the processes have other PIDs and TIDs than
+    // /proc shows here: the library cannot quiesce itself from what it reads there yet.
+    if crate::tree::in_nested_pid_namespace(pid) || crate::tree::runs_restored_tree(pid) {
+        return Err(CliError::new(format!(
+            "process {pid} is part of a restored process tree (it runs in its own PID \
+             namespace): checkpointing a restored tree again is not supported yet; restart \
+             from the last image instead"
+        )));
+    }
     if pid <= 0 {
         return Err(CliError::usage(format!("invalid PID {pid}")));
     }

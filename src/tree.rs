@@ -102,6 +102,31 @@ pub fn has_children(pid: i32) -> bool {
     tree_of(pid, &all_processes()).len() > 1
 }
 
+/// Whether `pid` runs in a PID namespace nested in ours (a restored tree's): its `NSpid`
+/// in `/proc/PID/status` has more than one entry.
+pub fn in_nested_pid_namespace(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))?
+                .to_string();
+            Some(line.split_whitespace().count() > 1)
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `pid` is a `forkpoint restart` running a restored tree: a `forkpoint` process
+/// whose child runs in a nested PID namespace.
+pub fn runs_restored_tree(pid: i32) -> bool {
+    let all = all_processes();
+    all.iter().any(|p| p.pid == pid && p.comm == "forkpoint")
+        && all
+            .iter()
+            .any(|c| c.ppid == pid && in_nested_pid_namespace(c.pid))
+}
+
 /// The PIDs in /proc now.
 fn pids_now() -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {

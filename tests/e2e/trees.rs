@@ -596,8 +596,21 @@ fn sessions_and_process_groups_inside_the_tree() {
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
     run.wait_for("the program to be ready", ready);
     let image = checkpoint_kill_restart(&mut run, 5);
-    run.go();
     let mut r = restart_tree(&image, &run.dir);
+    // restart, init, and the tree's 5 processes.
+    wait_until("the tree to be restored", WAIT, || {
+        tree_pids(r.pid).len() == 7
+    });
+    // A restored tree cannot be checkpointed again yet: refused at once, it runs on.
+    for pid in [r.pid, tree_pids(r.pid)[2]] {
+        let c = checkpoint(pid, &[]);
+        assert!(
+            !c.status.success() && c.stderr.contains("restored process tree"),
+            "{}",
+            c.stderr
+        );
+    }
+    run.go();
     let st = r.wait(WAIT);
     let err = read_lossy(&run.dir.join("restart.err"));
     assert!(st.success(), "the restarted tree ended with {st}\n{err}");
