@@ -20,13 +20,22 @@ pub struct CheckpointArgs {
 
 /// Outcome printed by the caller: the image path goes to stdout.
 pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
-    let pid = args.pid;
-    // Inside a restored tree's PID namespace the processes have other PIDs and TIDs than
-    // /proc shows here: the library cannot quiesce itself from what it reads there yet.
-    if crate::tree::in_nested_pid_namespace(pid) || crate::tree::runs_restored_tree(pid) {
+    // `forkpoint restart` of a tree stands for the tree: checkpoint its root (again a tree).
+    let restored = crate::tree::restored_root(args.pid);
+    let pid = restored.unwrap_or(args.pid);
+    if let Some(root) = restored {
+        eprintln!(
+            "forkpoint: {} is `forkpoint restart` of a process tree: checkpointing the tree \
+             under its root, {root}",
+            args.pid
+        );
+    }
+    // Inside a restored tree's PID namespace without its own /proc, the library would read
+    // other PIDs and TIDs than its syscalls use.
+    if crate::tree::in_nested_pid_namespace(pid) && !crate::tree::has_own_proc(pid) {
         return Err(CliError::new(format!(
-            "process {pid} is part of a restored process tree (it runs in its own PID \
-             namespace): checkpointing a restored tree again is not supported yet; restart \
+            "process {pid} is part of a restored process tree whose PID namespace has no /proc \
+             of its own (it could not be mounted): it cannot be checkpointed again; restart \
              from the last image instead"
         )));
     }
@@ -49,7 +58,7 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
             output.display()
         )));
     }
-    if args.tree {
+    if args.tree || restored.is_some() || crate::tree::in_nested_pid_namespace(pid) {
         let output = if output.as_os_str().is_empty() {
             default_tree_output(pid)?
         } else {

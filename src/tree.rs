@@ -117,14 +117,46 @@ pub fn in_nested_pid_namespace(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether `pid` is a `forkpoint restart` running a restored tree: a `forkpoint` process
-/// whose child runs in a nested PID namespace.
-pub fn runs_restored_tree(pid: i32) -> bool {
+/// The last entries of `NSpid`, `NSpgid` and `NSsid` in `/proc/PID/status`: the process's
+/// PID, group and session in its own PID namespace (a restored tree's, where they are what
+/// its image must hold).
+fn own_namespace_ids(pid: i32) -> Option<(i32, i32, i32)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let last = |key: &str| -> Option<i32> {
+        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+        line.split_whitespace().last()?.parse().ok()
+    };
+    Some((last("NSpid:")?, last("NSpgid:")?, last("NSsid:")?))
+}
+
+/// Whether `pid`, in a nested PID namespace, has a mount namespace of its own (a restored
+/// tree's, where `forkpoint restart` mounted the namespace's own /proc): then its library
+/// sees the PIDs and TIDs its syscalls use and it can be checkpointed.
+pub fn has_own_proc(pid: i32) -> bool {
+    let ours = fs::read_link("/proc/self/ns/mnt");
+    let theirs = fs::read_link(format!("/proc/{pid}/ns/mnt"));
+    matches!((ours, theirs), (Ok(a), Ok(b)) if a != b)
+}
+
+/// If `pid` is a `forkpoint restart` running a restored tree (its one child is the init of
+/// a nested PID namespace, whose one living child is the tree's root), the root's PID.
+pub fn restored_root(pid: i32) -> Option<i32> {
     let all = all_processes();
-    all.iter().any(|p| p.pid == pid && p.comm == "forkpoint")
-        && all
-            .iter()
-            .any(|c| c.ppid == pid && in_nested_pid_namespace(c.pid))
+    let only_child = |p: i32| {
+        let mut kids = all.iter().filter(|c| c.ppid == p && c.state != 'Z');
+        match (kids.next(), kids.next()) {
+            (Some(c), None) => Some(c.pid),
+            _ => None,
+        }
+    };
+    if !all.iter().any(|p| p.pid == pid && p.comm == "forkpoint") {
+        return None;
+    }
+    let init = only_child(pid)?;
+    if !in_nested_pid_namespace(init) || own_namespace_ids(init)?.0 != 1 {
+        return None;
+    }
+    only_child(init)
 }
 
 /// The PIDs in /proc now.
@@ -394,6 +426,16 @@ fn age(p: &ProcStat) -> Option<Duration> {
 
 fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<String, Again> {
     let root = args.root;
+    // Inside a restored tree's PID namespace the library names its runtime directory, and
+    // its image, with the PIDs it has there.
+    let nested = in_nested_pid_namespace(root);
+    let rt_pid = |pid: i32| {
+        if nested {
+            own_namespace_ids(pid).map_or(pid, |i| i.0)
+        } else {
+            pid
+        }
+    };
     let everyone = all_processes();
     let mut seen: std::collections::HashSet<i32> = everyone.iter().map(|p| p.pid).collect();
     let listed = tree_of(root, &everyone);
@@ -424,7 +466,8 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     let uid = unsafe { libc::getuid() };
     let base = control::runtime_base(&TargetEnv::of_pid(root), uid);
     control::ensure_private_dir(&base, uid).map_err(CliError::new)?;
-    control::ensure_private_dir(&base.join(root.to_string()), uid).map_err(CliError::new)?;
+    control::ensure_private_dir(&base.join(rt_pid(root).to_string()), uid)
+        .map_err(CliError::new)?;
     let id = random_id()?;
     let out_dir = args.output.parent().unwrap_or(Path::new("/")).to_path_buf();
     let out_name = args
@@ -442,7 +485,9 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     cleanup.dirs.push(stage.clone());
 
     // The barrier, linked into every member's runtime directory.
-    let barrier_path = base.join(root.to_string()).join(format!("barrier.{id}"));
+    let barrier_path = base
+        .join(rt_pid(root).to_string())
+        .join(format!("barrier.{id}"));
     let barrier_file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -469,6 +514,7 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
         .map_err(|e| CliError::new(format!("cannot map {}: {e}", barrier_path.display())))?;
     let at = Enrolment {
         base: &base,
+        rt_pid: &rt_pid,
         uid,
         root,
         id,
@@ -596,6 +642,17 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
             }
         }
     }
+    // The PIDs, groups and sessions the image holds are those the processes have in their
+    // own namespace (read now, while all are stopped).
+    let inner: std::collections::HashMap<i32, (i32, i32, i32)> = if nested {
+        members
+            .iter()
+            .chain(&zombies)
+            .filter_map(|p| Some((p.pid, own_namespace_ids(p.pid)?)))
+            .collect()
+    } else {
+        Default::default()
+    };
     let t_stopped = t0.elapsed();
     let n = members.len() as u32;
     barrier
@@ -644,10 +701,21 @@ fn attempt_tree(args: &TreeArgs, t0: Instant, deadline: Instant) -> Result<Strin
     }
 
     let images: Vec<&Path> = requests.iter().map(|(_, _, i)| i.as_path()).collect();
-    let shared_files = shared_descriptions(&members, &images);
+    let mut shared_files = shared_descriptions(&members, &images);
+    for d in shared_files.iter_mut().flatten() {
+        d.pid = inner.get(&d.pid).map_or(d.pid, |i| i.0);
+    }
     compared();
-    let bytes = assemble(&members, &zombies, &images, &shared_files, &args.output, id)
-        .inspect_err(|_| resume())?;
+    let bytes = assemble(
+        &members,
+        &zombies,
+        &inner,
+        &images,
+        &shared_files,
+        &args.output,
+        id,
+    )
+    .inspect_err(|_| resume())?;
     eprintln!(
         "forkpoint: checkpoint of the tree under {root} ({} processes{}) written: {}, all \
          stopped after {:.3} ms, longest pause {:.3} ms, durable after {} ms",
@@ -687,6 +755,8 @@ const MAX_JOIN_ROUNDS: usize = 8;
 /// What each member needs to take part in one attempt.
 struct Enrolment<'a> {
     base: &'a Path,
+    /// The PID naming a process's runtime directory (see `attempt_tree`).
+    rt_pid: &'a dyn Fn(i32) -> i32,
     uid: u32,
     root: i32,
     id: i32,
@@ -702,7 +772,7 @@ impl Enrolment<'_> {
         m: &ProcStat,
         cleanup: &mut Cleanup,
     ) -> Result<(PathBuf, PathBuf, PathBuf), Again> {
-        let dir = self.base.join(m.pid.to_string());
+        let dir = self.base.join((self.rt_pid)(m.pid).to_string());
         control::ensure_private_dir(&dir, self.uid).map_err(CliError::new)?;
         if m.pid != self.root {
             let link = dir.join(format!("barrier.{}", self.id));
@@ -867,6 +937,7 @@ fn pad_to_page(f: &mut File) -> io::Result<u64> {
 fn assemble(
     members: &[ProcStat],
     zombies: &[ProcStat],
+    inner: &std::collections::HashMap<i32, (i32, i32, i32)>,
     images: &[&Path],
     shared_files: &[Vec<MemberFd>],
     output: &Path,
@@ -910,11 +981,16 @@ fn assemble(
                 (at, len)
             };
             let meta = &img.metadata;
+            let own = inner.get(&m.pid).copied();
             tree.members.push(TreeMember {
                 pid: meta.process.pid,
-                ppid: if i == 0 { meta.process.ppid } else { m.ppid },
-                pgid: m.pgid,
-                sid: m.sid,
+                ppid: if i == 0 {
+                    meta.process.ppid
+                } else {
+                    inner.get(&m.ppid).map_or(m.ppid, |p| p.0)
+                },
+                pgid: own.map_or(m.pgid, |o| o.1),
+                sid: own.map_or(m.sid, |o| o.2),
                 exe: meta.process.exe.clone(),
                 cmdline: meta.process.cmdline.clone(),
                 threads: meta.threads.len() as u32,
@@ -926,11 +1002,12 @@ fn assemble(
         }
         // Zombies after the living (their parents come earlier), with their wait status.
         for z in zombies {
+            let own = inner.get(&z.pid).copied();
             tree.members.push(TreeMember {
-                pid: z.pid,
-                ppid: z.ppid,
-                pgid: z.pgid,
-                sid: z.sid,
+                pid: own.map_or(z.pid, |o| o.0),
+                ppid: inner.get(&z.ppid).map_or(z.ppid, |p| p.0),
+                pgid: own.map_or(z.pgid, |o| o.1),
+                sid: own.map_or(z.sid, |o| o.2),
                 exe: String::new(),
                 cmdline: vec![z.comm.clone()],
                 threads: 0,

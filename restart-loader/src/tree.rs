@@ -139,6 +139,35 @@ fn clone_with_pid(pid: i32) -> Result<i32, RestoreError> {
     Ok(r as i32)
 }
 
+/// Mounts a /proc of the tree's own PID namespace (in its own mount namespace, changes not
+/// propagated out), so the library in the members reads the PIDs and TIDs its syscalls
+/// use, and a restored tree can be checkpointed again. Best effort: where proc cannot be
+/// mounted (a container masking parts of /proc), the tree runs with the outer /proc and a
+/// second checkpoint of it is refused.
+fn mount_own_proc() {
+    let none = std::ptr::null::<libc::c_char>();
+    // SAFETY: mount(2) with NUL-terminated strings, in our own mount namespace.
+    unsafe {
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return;
+        }
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        );
+    }
+}
+
 /// Enters a new PID namespace (our next child is its init), inside a new user namespace
 /// that maps our own uid and gid when we are not root.
 fn enter_namespaces() -> Result<(), RestoreError> {
@@ -146,15 +175,15 @@ fn enter_namespaces() -> Result<(), RestoreError> {
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if uid == 0 {
         // SAFETY: unshare changes only our namespaces.
-        let r = unsafe { libc::unshare(libc::CLONE_NEWPID) };
-        cvt(r as _, "unshare(CLONE_NEWPID)")?;
+        let r = unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) };
+        cvt(r as _, "unshare(CLONE_NEWPID | CLONE_NEWNS)")?;
         return Ok(());
     }
     // SAFETY: as above.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) };
+    let r = unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS) };
     cvt(
         r as _,
-        "unshare(CLONE_NEWUSER | CLONE_NEWPID) (are unprivileged user namespaces disabled?)",
+        "unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS) (are unprivileged user namespaces disabled?)",
     )?;
     let write = |file: &str, text: String| {
         std::fs::write(file, text).map_err(|e| RestoreError::os(format!("cannot write {file}"), e))
@@ -474,6 +503,7 @@ pub fn restore_tree(
         exit(wait_for(init));
     }
     // Init, PID 1 of the namespace.
+    mount_own_proc();
     let shared_files = img
         .metadata
         .tree

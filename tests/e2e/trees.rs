@@ -579,7 +579,8 @@ const GROUPS_C: &str = include_str!("../programs/tree_groups.c");
 
 /// Sessions and process groups inside the tree come back: a child that made its own
 /// session is its leader again, a group leader's child is in its group (and `kill(-pgid)`
-/// reaches both), a child in the root's group stays in it.
+/// reaches both), a child in the root's group stays in it. Also after a second checkpoint,
+/// taken of the restored tree (the image holds the PIDs of its namespace).
 #[test]
 fn sessions_and_process_groups_inside_the_tree() {
     let t = TestDir::new("tree_groups");
@@ -596,21 +597,25 @@ fn sessions_and_process_groups_inside_the_tree() {
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
     run.wait_for("the program to be ready", ready);
     let image = checkpoint_kill_restart(&mut run, 5);
-    let mut r = restart_tree(&image, &run.dir);
+    let mut first = restart_tree(&image, &run.dir);
     // restart, init, and the tree's 5 processes.
     wait_until("the tree to be restored", WAIT, || {
-        tree_pids(r.pid).len() == 7
+        tree_pids(first.pid).len() == 7
     });
-    // A restored tree cannot be checkpointed again yet: refused at once, it runs on.
-    for pid in [r.pid, tree_pids(r.pid)[2]] {
-        let c = checkpoint(pid, &[]);
-        assert!(
-            !c.status.success() && c.stderr.contains("restored process tree"),
-            "{}",
-            c.stderr
-        );
-    }
+    // The restored tree checkpointed again (through its `forkpoint restart`), killed, and
+    // restarted from that second image: still the same relations.
+    let second = checkpoint(first.pid, &[OsStr::new("--kill")]).image();
+    // `forkpoint restart` exits as the tree's root did: killed, 128 + 9.
+    let st = first.wait(WAIT);
+    assert_eq!(st.code(), Some(137), "the first restart ended with {st}");
+    let info = info_json(&second);
+    assert_eq!(
+        info["metadata"]["tree"]["members"].as_array().map(Vec::len),
+        Some(5),
+        "{info}"
+    );
     run.go();
+    let mut r = restart_tree(&second, &run.dir);
     let st = r.wait(WAIT);
     let err = read_lossy(&run.dir.join("restart.err"));
     assert!(st.success(), "the restarted tree ended with {st}\n{err}");
