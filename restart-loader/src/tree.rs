@@ -139,8 +139,9 @@ fn clone_with_pid(pid: i32) -> Result<i32, RestoreError> {
     Ok(r as i32)
 }
 
-/// Mounts a /proc of the tree's own PID namespace (in its own mount namespace, changes not
-/// propagated out), so the library in the members reads the PIDs and TIDs its syscalls
+/// Mounts a /proc of the tree's own PID namespace (in its own mount namespace, made a
+/// slave of the machine's: mounts made outside later still reach the tree, none made here
+/// goes out), so the library in the members reads the PIDs and TIDs its syscalls
 /// use, and a restored tree can be checkpointed again. Best effort: where proc cannot be
 /// mounted (a container masking parts of /proc), the tree runs with the outer /proc and a
 /// second checkpoint of it is refused.
@@ -152,7 +153,7 @@ fn mount_own_proc() {
             none,
             c"/".as_ptr(),
             none,
-            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         ) != 0
         {
