@@ -269,18 +269,7 @@ impl BarrierPage {
     }
 
     fn wake_phase(&self) {
-        // SAFETY: FUTEX_WAKE on a valid word has no memory effects.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.word(W_PHASE).as_ptr(),
-                libc::FUTEX_WAKE,
-                i32::MAX,
-                0,
-                0,
-                0,
-            )
-        };
+        self.wake(W_PHASE);
     }
 
     /// Waits until word `i` reaches `n` or `deadline`; true if it did.

@@ -157,6 +157,26 @@ fn restart_tree(image: &Path, dir: &Path) -> Proc {
     Proc::new(cmd.spawn().expect("spawn restart"), "the restarted tree")
 }
 
+/// The output of `argv` run without forkpoint in `t`'s `control` directory, let go once
+/// `ready`.
+fn uninterrupted(t: &TestDir, argv: &[&OsStr], ready: impl Fn(&TreeRun) -> bool) -> String {
+    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), argv, false);
+    control.wait_for("the control run to be ready", ready);
+    control.go();
+    control.finishes()
+}
+
+/// Restarts the tree of `image`, which writes on into `run`'s output: it must succeed and
+/// leave `expected` there. Returns the restart's stderr.
+fn restart_matches(image: &Path, run: &TreeRun, expected: &str) -> String {
+    let mut r = restart_tree(image, &run.dir);
+    let st = r.wait(WAIT);
+    let err = read_lossy(&run.dir.join("restart.err"));
+    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
+    assert_eq!(read_lossy(&run.out), expected, "{err}");
+    err
+}
+
 /// A parent and a child with numbers in flight in the pipe to the child and answers in
 /// flight in the pipe back; the parent `waitpid`s the child by its stored PID at the end.
 #[test]
@@ -231,10 +251,7 @@ fn three_stage_shell_pipeline_with_data_in_both_pipes() {
     let argv = [OsStr::new("bash"), OsStr::new("-c"), OsStr::new(script)];
     let ready = |r: &TreeRun| r.dir.join("ready2").exists() && r.dir.join("ready3").exists();
 
-    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
-    control.wait_for("the control pipeline to be ready", ready);
-    control.go();
-    let expected = control.finishes();
+    let expected = uninterrupted(&t, &argv, ready);
     assert!(expected.starts_with("sum="), "{expected}");
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
@@ -395,10 +412,7 @@ fn python_multiprocessing_pool_imap() {
     let argv = [OsStr::new("/usr/bin/python3"), script.as_os_str()];
     let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
 
-    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
-    control.wait_for("the control pool to be ready", ready);
-    control.go();
-    let expected = control.finishes();
+    let expected = uninterrupted(&t, &argv, ready);
     assert!(expected.ends_with("done\n"), "{expected}");
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
@@ -446,10 +460,7 @@ fn parent_with_zombie_children_and_shared_anonymous_memory() {
     let argv = [exe.as_os_str()];
     let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
 
-    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
-    control.wait_for("the control run to be ready", ready);
-    control.go();
-    let expected = control.finishes();
+    let expected = uninterrupted(&t, &argv, ready);
     assert!(expected.contains("PASS"), "{expected}");
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
@@ -464,11 +475,7 @@ fn parent_with_zombie_children_and_shared_anonymous_memory() {
     assert_eq!(zombies.len(), 2, "{members:?}");
 
     run.go();
-    let mut r = restart_tree(&image, &run.dir);
-    let st = r.wait(WAIT);
-    let err = read_lossy(&run.dir.join("restart.err"));
-    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
-    assert_eq!(read_lossy(&run.out), expected, "{err}");
+    let err = restart_matches(&image, &run, &expected);
     assert!(!err.contains("warning"), "{err}");
 }
 
@@ -544,10 +551,7 @@ fn a_tree_of_64_processes() {
     let argv = [exe.as_os_str()];
     let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
 
-    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
-    control.wait_for("the control tree to be ready", ready);
-    control.go();
-    let expected = control.finishes();
+    let expected = uninterrupted(&t, &argv, ready);
     assert!(expected.contains("PASS"), "{expected}");
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
@@ -568,11 +572,7 @@ fn a_tree_of_64_processes() {
     );
 
     run.go();
-    let mut r = restart_tree(&image, &run.dir);
-    let st = r.wait(WAIT);
-    let err = read_lossy(&run.dir.join("restart.err"));
-    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
-    assert_eq!(read_lossy(&run.out), expected, "{err}");
+    restart_matches(&image, &run, &expected);
 }
 
 const GROUPS_C: &str = include_str!("../programs/tree_groups.c");
@@ -588,10 +588,7 @@ fn sessions_and_process_groups_inside_the_tree() {
     let argv = [exe.as_os_str()];
     let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
 
-    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
-    control.wait_for("the control run to be ready", ready);
-    control.go();
-    let expected = control.finishes();
+    let expected = uninterrupted(&t, &argv, ready);
     assert!(expected.contains("PASS"), "{expected}");
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
@@ -615,11 +612,7 @@ fn sessions_and_process_groups_inside_the_tree() {
         "{info}"
     );
     run.go();
-    let mut r = restart_tree(&second, &run.dir);
-    let st = r.wait(WAIT);
-    let err = read_lossy(&run.dir.join("restart.err"));
-    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
-    assert_eq!(read_lossy(&run.out), expected, "{err}");
+    restart_matches(&second, &run, &expected);
 }
 
 const SHARED_FILE_C: &str = include_str!("../programs/tree_shared_file.c");
@@ -634,10 +627,7 @@ fn an_open_file_description_shared_by_parent_and_child() {
     let argv = [exe.as_os_str()];
     let ready = |r: &TreeRun| read_lossy(&r.out).contains("ready");
 
-    let mut control = TreeRun::start(&t.sub("control"), &t.join("rt"), &argv, false);
-    control.wait_for("the control run to be ready", ready);
-    control.go();
-    let expected = control.finishes();
+    let expected = uninterrupted(&t, &argv, ready);
     assert!(expected.contains("PASS"), "{expected}");
 
     let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
@@ -651,9 +641,5 @@ fn an_open_file_description_shared_by_parent_and_child() {
     // The log, and stdout and stderr (files here).
     assert!(groups.len() >= 3, "shared descriptions: {groups:?}");
     run.go();
-    let mut r = restart_tree(&image, &run.dir);
-    let st = r.wait(WAIT);
-    let err = read_lossy(&run.dir.join("restart.err"));
-    assert!(st.success(), "the restarted tree ended with {st}\n{err}");
-    assert_eq!(read_lossy(&run.out), expected, "{err}");
+    restart_matches(&image, &run, &expected);
 }
