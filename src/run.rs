@@ -109,6 +109,10 @@ pub fn run(args: &RunArgs) -> Result<std::convert::Infallible, CliError> {
         }
         cmd.env("FORKPOINT_INTERVAL", parse::duration_for_env(t));
     }
+    // The library of a tree's root runs this command to checkpoint the tree (interval, API).
+    if let Ok(exe) = std::env::current_exe() {
+        cmd.env("FORKPOINT_CLI", exe);
+    }
     if let Some(s) = args.signal {
         cmd.env("FORKPOINT_SIGNAL", s.to_string());
     }

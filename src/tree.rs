@@ -76,17 +76,22 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
 
 /// The library's writer children are named so: they are not the program's processes.
 const WRITER_COMM: &str = "fp-writer";
+/// Nor is the process through which a tree's root started this command.
+const COORDINATOR_COMM: &str = "fp-coordinator";
 
 /// `root` and its descendants among `all`, parents before children (breadth first),
-/// without the library's image writers.
+/// without the library's image writers and this command (the library of a tree's root
+/// starts it, through a helper process, to checkpoint the tree).
 pub fn tree_of(root: i32, all: &[ProcStat]) -> Vec<ProcStat> {
+    let me = std::process::id() as i32;
+    let ours = |p: &ProcStat| p.comm == WRITER_COMM || p.comm == COORDINATOR_COMM || p.pid == me;
     let mut out: Vec<ProcStat> = all.iter().filter(|p| p.pid == root).cloned().collect();
     let mut i = 0;
     while i < out.len() {
         let parent = out[i].pid;
         let mut kids: Vec<ProcStat> = all
             .iter()
-            .filter(|p| p.ppid == parent && p.comm != WRITER_COMM)
+            .filter(|p| p.ppid == parent && !ours(p))
             .cloned()
             .collect();
         kids.sort_by_key(|p| p.pid);

@@ -53,7 +53,9 @@ pub extern "C" fn on_signal(_sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_
     if (CLD_EXITED..=CLD_DUMPED).contains(&code) {
         // SAFETY: for CLD_* codes the kernel filled the child fields.
         let pid = unsafe { info.si_pid() };
-        reap_writer(pid, true);
+        if !crate::coordinator::on_exit(pid) {
+            reap_writer(pid, true);
+        }
         return;
     }
     // SAFETY: SI_TKILL siginfo carries the sender's pid (reading it for other codes only
@@ -214,6 +216,14 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
         finish_checkpoint(leader);
         return;
     }
+    // The tree's root on its interval: the tree is checkpointed (by the coordinator).
+    if trigger == Trigger::Interval && rt.tree_root_pid == pid && sys::has_children() {
+        if let Err(msg) = crate::coordinator::start(false) {
+            fail(report_path.as_bytes(), trigger, msg.as_bytes());
+        }
+        finish_checkpoint(leader);
+        return;
+    }
     let busy = WRITER_PID.load(Ordering::SeqCst);
     if busy != 0 && reap_writer(busy, true).is_none() {
         // A `forkpoint checkpoint` request waits its turn: it is taken when this writer is
@@ -263,7 +273,12 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
 
     // Slot 0 is the leader's; the others are only read from here on.
     let (cap, slots) = leader.state();
-    cap.trigger = trigger;
+    // A request from the coordinator this process started records what started it.
+    cap.trigger = match (trigger, crate::coordinator::started_by_us()) {
+        (Trigger::Request, Some(true)) => Trigger::Api,
+        (Trigger::Request, Some(false)) => Trigger::Interval,
+        _ => trigger,
+    };
     cap.request_id = id;
     cap.pid = pid;
     cap.ppid = sys::getppid();

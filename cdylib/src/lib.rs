@@ -23,6 +23,7 @@ mod checkpoint;
 #[allow(unsafe_code)] // zstd's C API over the arena
 mod compress;
 pub mod config;
+mod coordinator;
 mod error;
 mod fds;
 mod fixbuf;
@@ -95,6 +96,23 @@ fn try_init() -> Result<(), String> {
         })
         .collect();
 
+    // This library's file: the `forkpoint` command is looked for beside it, and a parent
+    // that maps it is a member of the same tree.
+    let our_library = std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|maps| {
+            coordinator::mapped_file_at(
+                &maps,
+                try_init as fn() -> Result<(), String> as usize as u64,
+            )
+        });
+    let coordinator = coordinator::CoordinatorExec::find(our_library.as_deref());
+    // Only the tree's root runs the interval timer: it checkpoints the whole tree.
+    let pid = sys::getpid();
+    let tree_root_pid = match config.interval_ns {
+        Some(_) if !coordinator::is_tree_root(our_library.as_deref(), sys::getppid()) => 0,
+        _ => pid,
+    };
     let stack = map_stack(WRITER_STACK_SIZE).ok_or("cannot map the writer stack")?;
     let leader_stack = map_stack(LEADER_STACK_SIZE).ok_or("cannot map the leader stack")?;
     let (rseq_offset, rseq_size) = interpose::glibc_rseq();
@@ -109,6 +127,8 @@ fn try_init() -> Result<(), String> {
             leader_stack: (leader_stack, leader_stack + LEADER_STACK_SIZE),
             rseq_offset,
             rseq_size,
+            coordinator,
+            tree_root_pid,
         })
         .map_err(|_| "initialized twice".to_string())?;
 
@@ -120,7 +140,7 @@ fn try_init() -> Result<(), String> {
         .map_err(|_| format!("cannot install the handler of signal {signal}"))?;
     // An exec wrapper of the program we replaced may have blocked it for the exec window.
     sys::sigmask_set(libc::SIG_UNBLOCK, 1u64 << (signal - 1));
-    if let Some(ns) = interval {
+    if let Some(ns) = interval.filter(|_| tree_root_pid == pid) {
         let id = sys::timer_create_signal(libc::CLOCK_MONOTONIC, signal)
             .map_err(|e| format!("timer_create: errno {e}"))?;
         sys::timer_settime_interval(id, ns).map_err(|e| format!("timer_settime: errno {e}"))?;
@@ -147,6 +167,11 @@ fn map_stack(len: usize) -> Option<usize> {
 #[no_mangle]
 pub extern "C" fn forkpoint_checkpoint() -> i32 {
     let Some(rt) = RUNTIME.get() else { return -1 };
+    // With children, the checkpoint is the tree's (a forked child has its parent's
+    // RUNTIME but is not the parent: it has children of its own or none).
+    if sys::has_children() {
+        return coordinator::api_checkpoint();
+    }
     API_RESTORED.store(false, Ordering::SeqCst);
     API_FAILED.store(false, Ordering::SeqCst);
     API_PENDING.store(true, Ordering::SeqCst);

@@ -70,13 +70,18 @@ pub(crate) fn after_restore(cap: &mut Capture, trigger: Trigger) {
     // SAFETY: as above, only this thread writes it.
     unsafe { core::ptr::write_volatile(RESTORE_INFO.get(), crate::state::RestoreInfo([0; 4])) };
     if let Some(rt) = RUNTIME.get() {
-        if let Some(ns) = rt.config.interval_ns {
+        if let Some(ns) = rt
+            .config
+            .interval_ns
+            .filter(|_| rt.tree_root_pid == sys::getpid())
+        {
             if let Ok(id) = sys::timer_create_signal(libc::CLOCK_MONOTONIC, rt.config.signal) {
                 TIMER_ID.store(id, Ordering::SeqCst);
                 let _ = sys::timer_settime_interval(id, ns);
             }
         }
     }
+    crate::coordinator::after_restore();
     if trigger == Trigger::Api {
         API_RESTORED.store(true, Ordering::SeqCst);
     }

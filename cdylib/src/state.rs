@@ -288,6 +288,11 @@ pub struct Runtime {
     /// glibc's `__rseq_offset` and `__rseq_size` (size 0: rseq not registered by glibc).
     pub rseq_offset: i64,
     pub rseq_size: u32,
+    /// How to start `forkpoint checkpoint --tree` for this process's own tree checkpoints.
+    pub coordinator: Option<crate::coordinator::CoordinatorExec>,
+    /// The PID of the process whose interval timer checkpoints the tree (0: not this one's
+    /// tree root; a forked child inherits its parent's value, which is not its PID).
+    pub tree_root_pid: i32,
 }
 
 pub static RUNTIME: OnceLock<Runtime> = OnceLock::new();

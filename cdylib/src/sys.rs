@@ -324,8 +324,9 @@ pub fn sigaltstack_get() -> libc::stack_t {
 }
 
 pub fn prctl(op: i32, a2: usize, a3: usize, a4: usize, a5: usize) -> SysResult {
-    // SAFETY: used with PR_GET_TID_ADDRESS (writes one pointer to a2), PR_GET_NAME (16 bytes)
-    // and integer-only options; callers pass matching buffers.
+    // SAFETY: used with PR_GET_TID_ADDRESS (writes one pointer to a2), PR_GET_NAME (16 bytes),
+    // PR_SET_NAME (reads a NUL-terminated name at a2) and integer-only options; callers pass
+    // matching buffers.
     unsafe { sc!(libc::SYS_prctl, op, a2, a3, a4, a5) }
 }
 
@@ -964,5 +965,122 @@ pub fn errno_text(e: i32) -> &'static str {
         libc::ELOOP => "too many symbolic links (refusing to follow one)",
         libc::EFBIG => "file too large",
         _ => "system error",
+    }
+}
+
+/// Whether this process has children of its own (forked or spawned; not the library's
+/// writers, whose exit signal is not SIGCHLD), without reaping any: `waitid` with WNOWAIT
+/// fails with ECHILD only when there are none.
+pub fn has_children() -> bool {
+    let mut info = [0u64; 16];
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: info is a 128-byte siginfo the kernel fills; rusage NULL.
+    let r = unsafe {
+        sc!(
+            libc::SYS_waitid,
+            libc::P_ALL,
+            0,
+            info.as_mut_ptr(),
+            flags,
+            0
+        )
+    };
+    r != Err(libc::ECHILD)
+}
+
+/// Where a spawned helper's stdout and stderr go.
+pub enum HelperOutput<'a> {
+    /// Both to this file (NUL-terminated path), truncated.
+    File(&'a [u8]),
+    /// Both to our stderr.
+    Stderr,
+}
+
+/// The name (comm) of the process between us and a helper program: the tree listing
+/// leaves it out, as it does the writers.
+pub const HELPER_COMM: &[u8] = b"fp-coordinator\0";
+
+/// Starts program `path` with `argv` and `envp` (NUL-terminated strings, each array ending
+/// in 0) under a child of ours whose exit is announced with `exit_signal` (not SIGCHLD: the
+/// application's `wait` and SIGCHLD never see it) and whose exit status is the program's
+/// (128 + N if it was killed by signal N). The program cannot be our child itself: an exec
+/// makes a child's exit signal SIGCHLD again. Its stdin is /dev/null, its other descriptors
+/// closed, its signal mask empty. Like fork: the child is a copy of this process, which
+/// blocks every signal (the application's handlers are in it) and runs nothing but the
+/// raw syscalls below.
+pub fn spawn_helper(
+    path: &[u8],
+    argv: &[usize],
+    envp: &[usize],
+    output: HelperOutput,
+    exit_signal: i32,
+) -> Result<i32, i32> {
+    if argv.last() != Some(&0) || envp.last() != Some(&0) {
+        return Err(libc::EINVAL);
+    }
+    let path = cstr(path);
+    let out_path = match output {
+        HelperOutput::File(p) => Some(cstr(p)),
+        HelperOutput::Stderr => None,
+    };
+    let all: u64 = !0;
+    let none: u64 = 0;
+    let old = sigmask_set(libc::SIG_SETMASK, all);
+    // SAFETY: clone without CLONE_VM and with no new stack is fork: the child has its own
+    // copy of this stack and memory and only makes syscalls before exec or exit.
+    let pid = unsafe { sc!(libc::SYS_clone, exit_signal as usize & 0xff, 0, 0, 0, 0) };
+    if !matches!(pid, Ok(0)) {
+        sigmask_set(libc::SIG_SETMASK, old);
+        return pid.map(|p| p as i32);
+    }
+    // The helper: nothing here returns.
+    let _ = prctl(libc::PR_SET_NAME, HELPER_COMM.as_ptr() as usize, 0, 0, 0);
+    // SAFETY: as above (fork).
+    let program = unsafe { sc!(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+    if program == Ok(0) {
+        // SAFETY: raw syscalls on this process's own descriptors and mask; the strings and
+        // arrays are NUL-/zero-terminated (checked above); exit_group ends it if exec fails.
+        unsafe {
+            if let Ok(null) = sc!(libc::SYS_open, c"/dev/null".as_ptr(), libc::O_RDWR, 0) {
+                let _ = sc!(libc::SYS_dup2, null, 0);
+            }
+            match out_path {
+                Some(p) => {
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC;
+                    if let Ok(fd) = sc!(libc::SYS_open, p, flags, 0o600) {
+                        let _ = sc!(libc::SYS_dup2, fd, 1);
+                        let _ = sc!(libc::SYS_dup2, fd, 2);
+                    }
+                }
+                None => {
+                    let _ = sc!(libc::SYS_dup2, 2, 1);
+                }
+            }
+            let _ = sc!(libc::SYS_close_range, 3, u32::MAX, 0);
+            let _ = sc!(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &none as *const u64,
+                0,
+                8
+            );
+            let _ = sc!(libc::SYS_execve, path, argv.as_ptr(), envp.as_ptr());
+        }
+        exit_group(127);
+    }
+    let Ok(program) = program else {
+        exit_group(126)
+    };
+    // SAFETY: closes this process's own descriptors (the program has its copies).
+    let _ = unsafe { sc!(libc::SYS_close_range, 0, u32::MAX, 0) };
+    let mut status: i32 = 0;
+    loop {
+        // SAFETY: status is a writable int; rusage NULL.
+        match unsafe { sc!(libc::SYS_wait4, program, &mut status as *mut i32, 0, 0) } {
+            Err(libc::EINTR) => continue,
+            Ok(_) if libc::WIFEXITED(status) => exit_group(libc::WEXITSTATUS(status)),
+            Ok(_) if libc::WIFSIGNALED(status) => exit_group(128 + libc::WTERMSIG(status)),
+            _ => exit_group(126),
+        }
     }
 }

@@ -22,11 +22,16 @@ struct TreeRun {
 
 impl TreeRun {
     fn start(dir: &Path, rt: &Path, argv: &[&OsStr], under_fp: bool) -> TreeRun {
+        TreeRun::start_with(dir, rt, argv, under_fp.then_some(&[]))
+    }
+
+    /// `run_args`: those of `forkpoint run` (None: without forkpoint).
+    fn start_with(dir: &Path, rt: &Path, argv: &[&OsStr], run_args: Option<&[&str]>) -> TreeRun {
         let (out, err) = (dir.join("prog.out"), dir.join("prog.err"));
-        let mut cmd = if under_fp {
+        let mut cmd = if let Some(run_args) = run_args {
             library();
             let mut c = Command::new(forkpoint());
-            c.arg("run").arg("--").args(argv);
+            c.arg("run").args(run_args).arg("--").args(argv);
             c.env("FORKPOINT_RUNTIME_DIR", rt)
                 .env_remove("FORKPOINT_LOG");
             c
@@ -642,4 +647,137 @@ fn an_open_file_description_shared_by_parent_and_child() {
     assert!(groups.len() >= 3, "shared descriptions: {groups:?}");
     run.go();
     restart_matches(&image, &run, &expected);
+}
+
+const API_C: &str = include_str!("../programs/tree_api.c");
+
+/// The tree images in `dir` that are complete (their final name), by number.
+fn tree_images(dir: &Path) -> Vec<PathBuf> {
+    let number = |p: &Path| -> Option<u64> {
+        let name = p.file_name()?.to_str()?;
+        name.rsplit_once(".tree-")?
+            .1
+            .strip_suffix(".fpk")?
+            .parse()
+            .ok()
+    };
+    let mut v: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((number(&e.path())?, e.path())))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Kills every process of the tree under `run` (the test started them all).
+fn kill_tree(run: &mut TreeRun) {
+    let pids = tree_pids(run.proc.pid);
+    for &p in pids.iter().rev() {
+        // SAFETY: kill has no memory-safety preconditions; these are our processes.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert_killed(run.proc.wait(WAIT), "the original tree's root");
+    wait_until("the original tree to be gone", WAIT, || {
+        pids.iter()
+            .all(|&p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(p))
+    });
+}
+
+/// `forkpoint_checkpoint()` in a parent with a child checkpoints the tree (the library
+/// starts the coordinator): 0 in the original, 1 in the restored tree, which checkpoints
+/// itself again from inside its PID namespace.
+#[test]
+fn the_api_in_a_parent_checkpoints_its_tree() {
+    let t = TestDir::new("tree_api");
+    let exe = compile_c(&t.path, "tree_api", API_C);
+    let argv = [
+        exe.as_os_str(),
+        OsStr::new("60"),
+        OsStr::new("20"),
+        OsStr::new("go"),
+        OsStr::new("50"),
+    ];
+    let at_hold = |r: &TreeRun| count_lines(&r.out) >= 49;
+    let expected = uninterrupted(&t, &argv, at_hold);
+    assert!(expected.ends_with("PASS\n"), "{expected}");
+
+    let mut run = TreeRun::start(&t.sub("run"), &t.join("rt"), &argv, true);
+    run.wait_for("the program to reach step 49", at_hold);
+    assert_eq!(
+        read_lossy(&run.err),
+        "step 20: checkpoint written\nstep 40: checkpoint written\n"
+    );
+    let images = tree_images(&run.dir);
+    assert_eq!(images.len(), 2, "{images:?}");
+    for img in &images {
+        let info = info_json(img);
+        assert_eq!(
+            info["metadata"]["tree"]["members"].as_array().map(Vec::len),
+            Some(2),
+            "{info}"
+        );
+        assert_eq!(info["metadata"]["checkpoint"]["trigger"], "api", "{info}");
+    }
+    kill_tree(&mut run);
+    run.go();
+    restart_matches(&images[1], &run, &expected);
+    assert_eq!(
+        read_lossy(&run.err),
+        "step 20: checkpoint written\nstep 40: restarted from the checkpoint\n\
+         step 60: checkpoint written\n"
+    );
+    assert_eq!(tree_images(&run.dir).len(), 3);
+}
+
+/// `forkpoint run --interval` of a program with a child: the root's timer checkpoints the
+/// whole tree (the child takes no images of its own), and the newest image restores it.
+#[test]
+fn interval_checkpoints_of_a_tree() {
+    let t = TestDir::new("tree_interval");
+    let exe = compile_c(&t.path, "tree_api", API_C);
+    let argv = [
+        exe.as_os_str(),
+        OsStr::new("400"),
+        OsStr::new("0"),
+        OsStr::new("go"),
+        OsStr::new("300"),
+    ];
+    let at_hold = |r: &TreeRun| count_lines(&r.out) >= 299;
+    let expected = uninterrupted(&t, &argv, at_hold);
+    assert!(expected.ends_with("PASS\n"), "{expected}");
+
+    let mut run = TreeRun::start_with(
+        &t.sub("run"),
+        &t.join("rt"),
+        &argv,
+        Some(&["--interval", "200ms"]),
+    );
+    run.wait_for("the program to reach its hold step", at_hold);
+    wait_until("two interval images of the tree", WAIT, || {
+        assert!(run.proc.running(), "the program ended early");
+        tree_images(&run.dir).len() >= 2
+    });
+    kill_tree(&mut run);
+    let images = tree_images(&run.dir);
+    let newest = images.last().unwrap();
+    let info = info_json(newest);
+    assert_eq!(
+        info["metadata"]["checkpoint"]["trigger"], "interval",
+        "{info}"
+    );
+    assert_eq!(
+        info["metadata"]["tree"]["members"].as_array().map(Vec::len),
+        Some(2),
+        "{info}"
+    );
+    let own: Vec<_> = fs::read_dir(&run.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".fpk") && !n.contains(".tree-"))
+        .collect();
+    assert!(own.is_empty(), "single-process images: {own:?}");
+    run.go();
+    restart_matches(newest, &run, &expected);
 }
