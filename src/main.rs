@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod control;
+mod images;
 mod info;
 mod parse;
 mod run;
@@ -36,6 +37,17 @@ enum Command {
         /// Signal that triggers a checkpoint (name or number; default SIGRTMAX-2).
         #[arg(long, value_name = "SIG", value_parser = parse::parse_signal)]
         signal: Option<i32>,
+        /// On SIGTERM: `checkpoint` (then SIGTERM goes on to the program) or
+        /// `checkpoint-exit` (then the program ends as by SIGTERM).
+        #[arg(long, value_name = "ACTION", value_parser = forkpoint_settings::parse_on_term)]
+        on_term: Option<forkpoint_settings::OnTerm>,
+        /// Stable image name: every checkpoint writes DIR/NAME.fpk (replacing the last).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Restart the newest image in DIR that verifies, if there is one (trying older ones
+        /// when newer ones are broken); otherwise run CMD, with its images in DIR.
+        #[arg(long, value_name = "DIR")]
+        resume_from: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -79,6 +91,27 @@ enum Command {
         /// The image file.
         #[arg(value_name = "IMAGE")]
         image: PathBuf,
+    },
+    /// List the images in a directory, newest first.
+    Ls {
+        /// Also read every chunk of every image and check it.
+        #[arg(long)]
+        verify: bool,
+        /// One JSON array (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+        /// The directory (default: the working directory).
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Remove all but the newest N images of a directory, never the newest one that verifies.
+    Rm {
+        /// How many of the newest images to keep.
+        #[arg(long, value_name = "N")]
+        keep: usize,
+        /// The directory (default: the working directory).
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
     },
     /// Show what an image holds.
     Info {
@@ -133,6 +166,9 @@ fn main() -> ExitCode {
             dir,
             interval,
             signal,
+            on_term,
+            name,
+            resume_from,
             command,
         } => (
             "run",
@@ -140,10 +176,19 @@ fn main() -> ExitCode {
                 dir,
                 interval,
                 signal,
+                on_term,
+                name,
+                resume_from,
                 command,
             })
             .map(|_| ()),
         ),
+        Command::Ls { verify, json, dir } => {
+            // SAFETY: restoring the default disposition of SIGPIPE has no preconditions.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            ("ls", images::ls(&dir, verify, json))
+        }
+        Command::Rm { keep, dir } => ("rm", images::rm(&dir, keep)),
         Command::Checkpoint {
             output,
             timeout,

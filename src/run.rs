@@ -7,6 +7,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use forkpoint_settings::OnTerm;
+
 use crate::parse;
 use crate::CliError;
 
@@ -14,6 +16,9 @@ pub struct RunArgs {
     pub dir: Option<PathBuf>,
     pub interval: Option<Duration>,
     pub signal: Option<i32>,
+    pub on_term: Option<OnTerm>,
+    pub name: Option<String>,
+    pub resume_from: Option<PathBuf>,
     pub command: Vec<OsString>,
 }
 
@@ -74,8 +79,39 @@ pub fn preload_value(lib: &Path, existing: Option<&OsStr>) -> OsString {
     OsString::from_vec(v)
 }
 
-/// Sets up the environment and execs; returns only on failure.
+/// Sets up the environment and execs; returns only on failure. With `--resume-from`, this
+/// process restarts the newest valid image there instead, if there is one.
 pub fn run(args: &RunArgs) -> Result<std::convert::Infallible, CliError> {
+    if let Some(n) = &args.name {
+        forkpoint_settings::check_image_name(n)
+            .map_err(|e| CliError::usage(format!("--name: {e}")))?;
+    }
+    if let Some(from) = &args.resume_from {
+        // The first run of a job makes its image directory.
+        std::fs::create_dir_all(from)
+            .map_err(|e| CliError::new(format!("--resume-from {}: {e}", from.display())))?;
+        if let Some(image) = crate::images::newest_valid(from)? {
+            eprintln!("forkpoint: resuming from {}", image.display());
+            let err = match forkpoint_restart_loader::restore(&image, &Default::default()) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            // A valid image the machine or its files refuse: starting afresh would throw
+            // the job's progress away unasked.
+            return Err(CliError::new(format!(
+                "cannot resume from {}: {err} (remove the images in {} to start afresh)",
+                image.display(),
+                from.display()
+            )));
+        }
+        eprintln!(
+            "forkpoint: no image to resume from in {}: starting {}",
+            from.display(),
+            args.command
+                .first()
+                .map_or(String::new(), |c| c.to_string_lossy().into_owned())
+        );
+    }
     let lib = find_library()?;
     let (prog, rest) = args
         .command
@@ -87,7 +123,7 @@ pub fn run(args: &RunArgs) -> Result<std::convert::Infallible, CliError> {
         "LD_PRELOAD",
         preload_value(&lib, std::env::var_os("LD_PRELOAD").as_deref()),
     );
-    let dir = match &args.dir {
+    let dir = match args.dir.as_ref().or(args.resume_from.as_ref()) {
         Some(d) => Some(d.clone()),
         None => std::env::var_os("FORKPOINT_DIR")
             .filter(|v| !v.is_empty())
@@ -112,6 +148,17 @@ pub fn run(args: &RunArgs) -> Result<std::convert::Infallible, CliError> {
     // The library of a tree's root runs this command to checkpoint the tree (interval, API).
     if let Ok(exe) = std::env::current_exe() {
         cmd.env("FORKPOINT_CLI", exe);
+    }
+    if let Some(t) = args.on_term {
+        let v = match t {
+            OnTerm::Off => "off",
+            OnTerm::Checkpoint => "checkpoint",
+            OnTerm::CheckpointExit => "checkpoint-exit",
+        };
+        cmd.env("FORKPOINT_ON_TERM", v);
+    }
+    if let Some(n) = &args.name {
+        cmd.env("FORKPOINT_NAME", n);
     }
     if let Some(s) = args.signal {
         cmd.env("FORKPOINT_SIGNAL", s.to_string());

@@ -218,7 +218,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
     }
     // The tree's root on its interval: the tree is checkpointed (by the coordinator).
     if trigger == Trigger::Interval && rt.tree_root_pid == pid && sys::has_children() {
-        if let Err(msg) = crate::coordinator::start(false) {
+        if let Err(msg) = crate::coordinator::start_for_interval() {
             fail(report_path.as_bytes(), trigger, msg.as_bytes());
         }
         finish_checkpoint(leader);
@@ -275,8 +275,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
     let (cap, slots) = leader.state();
     // A request from the coordinator this process started records what started it.
     cap.trigger = match (trigger, crate::coordinator::started_by_us()) {
-        (Trigger::Request, Some(true)) => Trigger::Api,
-        (Trigger::Request, Some(false)) => Trigger::Interval,
+        (Trigger::Request, Some(started)) => started,
         _ => trigger,
     };
     cap.request_id = id;

@@ -13,24 +13,28 @@
 //! (or one directory up, cargo's `deps/`), else on `PATH`.
 //!
 //! [`CoordinatorExec::find`] and [`is_tree_root`] run in `init` (normal context: they
-//! allocate and read files). [`start`], [`on_exit`] and [`after_restore`] run in the signal
+//! allocate and read files). [`start_for_interval`], [`on_exit`] and [`after_restore`] run in the signal
 //! handler: raw syscalls of `sys`, atomics, fixed buffers; no allocation, no stdio, no
-//! locks. [`api_checkpoint`] runs in the thread that called the API, with the same rules
-//! (it may interrupt nothing, but it shares [`start`]).
+//! locks. [`wait_for_tree_checkpoint`] runs in the thread that called the API or in the SIGTERM
+//! handler, with the same rules.
 
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::path::{Path, PathBuf};
 
 use crate::config::LogLevel;
 use crate::fixbuf::FixBuf;
 use crate::report::{self, Line};
-use crate::state::RUNTIME;
+use crate::state::{Trigger, RUNTIME};
 use crate::sys;
 
 /// The coordinator running now (0: none).
 static COORD_PID: AtomicI32 = AtomicI32::new(0);
-/// The API waits for the coordinator itself (the handler leaves its exit to it).
-static COORD_FOR_API: AtomicBool = AtomicBool::new(false);
+/// Who started the coordinator: WAITER_NONE (the interval: the handler reaps it), or the
+/// API or the SIGTERM handler, which wait for it themselves.
+static COORD_WAITER: AtomicU8 = AtomicU8::new(WAITER_NONE);
+const WAITER_NONE: u8 = 0;
+const WAITER_API: u8 = 1;
+const WAITER_TERM: u8 = 2;
 /// Set in a process restored from a checkpoint its coordinator took: the API's wait then
 /// returns "restarted".
 static COORD_RESTORED: AtomicBool = AtomicBool::new(false);
@@ -42,14 +46,17 @@ static LAST_COORD: AtomicU64 = AtomicU64::new(0);
 pub struct CoordinatorExec {
     /// NUL-terminated path of the `forkpoint` command.
     cli: Vec<u8>,
+    /// NUL-terminated `--output` path (a stable image name), if any.
+    output: Option<Vec<u8>>,
     /// The environment strings, each NUL-terminated, and the pointer array over them.
     _env: Vec<Vec<u8>>,
     envp: Vec<usize>,
 }
 
 impl CoordinatorExec {
-    /// The command, if one is found (`our_library`: this library's path).
-    pub fn find(our_library: Option<&Path>) -> Option<CoordinatorExec> {
+    /// The command, if one is found (`our_library`: this library's path). `output`: where
+    /// every tree image goes (a stable name), else the command's default names.
+    pub fn find(our_library: Option<&Path>, output: Option<String>) -> Option<CoordinatorExec> {
         let get = |k: &str| std::env::var_os(k).map(PathBuf::from);
         let cli = find_cli(
             get("FORKPOINT_CLI"),
@@ -71,8 +78,14 @@ impl CoordinatorExec {
             .collect();
         let mut envp: Vec<usize> = env.iter().map(|s| s.as_ptr() as usize).collect();
         envp.push(0);
+        let output = output.map(|o| {
+            let mut v = o.into_bytes();
+            v.push(0);
+            v
+        });
         Some(CoordinatorExec {
             cli,
+            output,
             _env: env,
             envp,
         })
@@ -141,9 +154,9 @@ pub fn mapped_file_at(maps: &str, addr: u64) -> Option<PathBuf> {
     })
 }
 
-/// Starts the coordinator for the tree under this process. `for_api`: the caller waits for
-/// it ([`api_checkpoint`]); otherwise the handler reaps it when it ends.
-pub fn start(for_api: bool) -> Result<i32, &'static str> {
+/// Starts the coordinator for the tree under this process. `waiter`: who waits for it
+/// ([`wait_for_tree_checkpoint`]); WAITER_NONE: the handler reaps it when it ends.
+fn start(waiter: u8) -> Result<i32, &'static str> {
     let Some(rt) = RUNTIME.get() else {
         return Err("the library is not initialized");
     };
@@ -160,13 +173,20 @@ pub fn start(for_api: bool) -> Result<i32, &'static str> {
     let pid = sys::getpid();
     let mut pid_text = FixBuf::<24>::new();
     pid_text.i64(pid as i64).str("\0");
-    let argv = [
+    let mut argv = [
         exec.cli.as_ptr() as usize,
         c"checkpoint".as_ptr() as usize,
         c"--tree".as_ptr() as usize,
         pid_text.as_bytes().as_ptr() as usize,
         0,
+        0,
+        0,
     ];
+    if let Some(o) = &exec.output {
+        argv[3] = c"--output".as_ptr() as usize;
+        argv[4] = o.as_ptr() as usize;
+        argv[5] = pid_text.as_bytes().as_ptr() as usize;
+    }
     report::ensure_runtime_dir(pid);
     let mut log_path = FixBuf::<4096>::new();
     report::runtime_file(&mut log_path, pid, "coordinator", 0);
@@ -175,7 +195,7 @@ pub fn start(for_api: bool) -> Result<i32, &'static str> {
     } else {
         sys::HelperOutput::File(log_path.as_cstr())
     };
-    COORD_FOR_API.store(for_api, Ordering::SeqCst);
+    COORD_WAITER.store(waiter, Ordering::SeqCst);
     match sys::spawn_helper(&exec.cli, &argv, &exec.envp, output, rt.config.signal) {
         Ok(child) => {
             COORD_PID.store(child, Ordering::SeqCst);
@@ -187,7 +207,7 @@ pub fn start(for_api: bool) -> Result<i32, &'static str> {
             Ok(child)
         }
         Err(_) => {
-            COORD_FOR_API.store(false, Ordering::SeqCst);
+            COORD_WAITER.store(WAITER_NONE, Ordering::SeqCst);
             Err("cannot start the forkpoint command for the tree checkpoint")
         }
     }
@@ -227,30 +247,59 @@ pub fn on_exit(pid: i32) -> bool {
     if pid == 0 || pid != COORD_PID.load(Ordering::SeqCst) {
         return false;
     }
-    if !COORD_FOR_API.load(Ordering::SeqCst) {
+    if COORD_WAITER.load(Ordering::SeqCst) == WAITER_NONE {
         reap(pid, true);
     }
     true
 }
 
-/// Whether a request now comes from a coordinator this process started (the image then
-/// records the trigger that started it): Some(true) for the API, Some(false) the interval.
-pub fn started_by_us() -> Option<bool> {
-    (COORD_PID.load(Ordering::SeqCst) != 0).then(|| COORD_FOR_API.load(Ordering::SeqCst))
+/// The interval of the tree's root: start a tree checkpoint (the handler reaps it).
+pub fn start_for_interval() -> Result<i32, &'static str> {
+    start(WAITER_NONE)
+}
+
+/// Waits until a tree checkpoint started for the interval has ended (a SIGTERM's must not
+/// run beside it).
+pub fn wait_running() {
+    let pid = COORD_PID.load(Ordering::SeqCst);
+    if pid != 0 && COORD_WAITER.load(Ordering::SeqCst) == WAITER_NONE {
+        reap(pid, false);
+    }
+}
+
+/// If a request now comes from a coordinator this process started, what started it (the
+/// image records that trigger).
+pub fn started_by_us() -> Option<Trigger> {
+    if COORD_PID.load(Ordering::SeqCst) == 0 {
+        return None;
+    }
+    Some(match COORD_WAITER.load(Ordering::SeqCst) {
+        WAITER_API => Trigger::Api,
+        WAITER_TERM => Trigger::Term,
+        _ => Trigger::Interval,
+    })
 }
 
 /// In a restored process: the coordinator of the checkpoint is not there any more.
 pub fn after_restore() {
-    if COORD_PID.swap(0, Ordering::SeqCst) != 0 && COORD_FOR_API.load(Ordering::SeqCst) {
+    if COORD_PID.swap(0, Ordering::SeqCst) != 0
+        && COORD_WAITER.load(Ordering::SeqCst) != WAITER_NONE
+    {
         COORD_RESTORED.store(true, Ordering::SeqCst);
     }
 }
 
-/// `forkpoint_checkpoint()` in a process with children: checkpoint the tree under it and
-/// wait. 0 written, 1 restarted from it, -1 failed.
-pub fn api_checkpoint() -> i32 {
+/// `forkpoint_checkpoint()` (`Trigger::Api`) or a SIGTERM (`Trigger::Term`) in a process
+/// with children: checkpoint the tree under it and wait. 0 written, 1 restarted from it,
+/// -1 failed.
+pub fn wait_for_tree_checkpoint(trigger: Trigger) -> i32 {
     COORD_RESTORED.store(false, Ordering::SeqCst);
-    let pid = match start(true) {
+    let waiter = if trigger == Trigger::Term {
+        WAITER_TERM
+    } else {
+        WAITER_API
+    };
+    let pid = match start(waiter) {
         Ok(p) => p,
         Err(msg) => {
             report::log(LogLevel::Info, msg.as_bytes());
@@ -284,7 +333,7 @@ pub fn api_checkpoint() -> i32 {
             }
         }
     };
-    COORD_FOR_API.store(false, Ordering::SeqCst);
+    COORD_WAITER.store(WAITER_NONE, Ordering::SeqCst);
     result
 }
 

@@ -32,10 +32,40 @@ thread_local! {
     static APP_BLOCKS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The application's recorded action for the checkpoint signal (handler, flags), as it set it.
-static VIRTUAL_HANDLER: AtomicU64 = AtomicU64::new(0);
-static VIRTUAL_FLAGS: AtomicU64 = AtomicU64::new(0);
-static VIRTUAL_MASK: AtomicU64 = AtomicU64::new(0);
+/// An action the application set for a signal the library handles itself, recorded as it
+/// set it and reported back, never installed.
+pub struct VirtualAction {
+    pub handler: AtomicU64,
+    pub flags: AtomicU64,
+    pub mask: AtomicU64,
+}
+
+impl VirtualAction {
+    const fn new() -> VirtualAction {
+        VirtualAction {
+            handler: AtomicU64::new(0),
+            flags: AtomicU64::new(0),
+            mask: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The application's action for the checkpoint signal.
+static VIRTUAL_OURS: VirtualAction = VirtualAction::new();
+/// The application's action for SIGTERM while the library checkpoints on it (`on_term`).
+pub static VIRTUAL_TERM: VirtualAction = VirtualAction::new();
+/// Whether SIGTERM is the library's (set once at init, before the handler is installed).
+pub static TERM_IS_OURS: AtomicBool = AtomicBool::new(false);
+
+fn virtual_action(sig: c_int) -> Option<&'static VirtualAction> {
+    if sig != 0 && sig == our_signal() {
+        Some(&VIRTUAL_OURS)
+    } else if sig == libc::SIGTERM && TERM_IS_OURS.load(Ordering::SeqCst) {
+        Some(&VIRTUAL_TERM)
+    } else {
+        None
+    }
+}
 
 /// glibc-internal signals (SIGCANCEL, SIGSETXID) that glibc never lets the application block.
 const GLIBC_INTERNAL: u64 = (1 << 31) | (1 << 32);
@@ -185,25 +215,26 @@ pub unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
-    if sig != 0 && sig == our_signal() {
+    if let Some(v) = virtual_action(sig) {
         if !old.is_null() {
             // SAFETY: old is a writable struct sigaction.
             unsafe {
                 core::ptr::write_bytes(old, 0, 1);
-                (*old).sa_sigaction = VIRTUAL_HANDLER.load(Ordering::SeqCst) as usize;
-                (*old).sa_flags = VIRTUAL_FLAGS.load(Ordering::SeqCst) as c_int;
+                (*old).sa_sigaction = v.handler.load(Ordering::SeqCst) as usize;
+                (*old).sa_flags = v.flags.load(Ordering::SeqCst) as c_int;
                 core::ptr::write_unaligned(
                     &mut (*old).sa_mask as *mut libc::sigset_t as *mut u64,
-                    VIRTUAL_MASK.load(Ordering::SeqCst),
+                    v.mask.load(Ordering::SeqCst),
                 );
             }
         }
         if !act.is_null() {
             // SAFETY: act is a readable struct sigaction.
             unsafe {
-                VIRTUAL_HANDLER.store((*act).sa_sigaction as u64, Ordering::SeqCst);
-                VIRTUAL_FLAGS.store((*act).sa_flags as u64, Ordering::SeqCst);
-                VIRTUAL_MASK.store(
+                v.handler
+                    .store((*act).sa_sigaction as u64, Ordering::SeqCst);
+                v.flags.store((*act).sa_flags as u64, Ordering::SeqCst);
+                v.mask.store(
                     core::ptr::read_unaligned(
                         &(*act).sa_mask as *const libc::sigset_t as *const u64,
                     ),
@@ -675,6 +706,27 @@ pub fn install_handler(
         return Err(());
     }
     Ok(())
+}
+
+/// Takes SIGTERM for the library (`on_term`): what the program had (an inherited SIG_IGN)
+/// becomes its recorded action, `handler` is installed as for the checkpoint signal, and the
+/// program's later `sigaction`s for SIGTERM are only recorded.
+pub fn hold_sigterm(
+    handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut c_void),
+) -> Result<(), ()> {
+    // SAFETY: zeroed sigaction is a valid out-parameter.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: old is writable; no new action.
+    if unsafe { real_sigaction(libc::SIGTERM, core::ptr::null(), &mut old) } == 0 {
+        VIRTUAL_TERM
+            .handler
+            .store(old.sa_sigaction as u64, Ordering::SeqCst);
+        VIRTUAL_TERM
+            .flags
+            .store(old.sa_flags as u64, Ordering::SeqCst);
+    }
+    TERM_IS_OURS.store(true, Ordering::SeqCst);
+    install_handler(libc::SIGTERM, handler)
 }
 
 /// glibc's rseq registration (glibc >= 2.35 exports these); (0, 0) if none.

@@ -31,6 +31,8 @@ mod fixbuf;
 mod fork;
 #[allow(unsafe_code)] // the libc functions the program calls, replaced (no_mangle)
 mod interpose;
+#[allow(unsafe_code)] // calls the program's own SIGTERM handler, reads the signal context
+mod preempt;
 pub mod procfs;
 #[allow(unsafe_code)] // the slots the stopped threads write, their raw signal frames
 mod quiesce;
@@ -106,13 +108,22 @@ fn try_init() -> Result<(), String> {
                 try_init as fn() -> Result<(), String> as usize as u64,
             )
         });
-    let coordinator = coordinator::CoordinatorExec::find(our_library.as_deref());
-    // Only the tree's root runs the interval timer: it checkpoints the whole tree.
+    let stable_image = config
+        .name
+        .as_ref()
+        .map(|n| format!("{}/{n}.fpk", config.dir));
+    let coordinator = coordinator::CoordinatorExec::find(our_library.as_deref(), stable_image);
+    // Only the tree's root runs the interval timer and holds SIGTERM: it checkpoints the
+    // whole tree.
     let pid = sys::getpid();
-    let tree_root_pid = match config.interval_ns {
-        Some(_) if !coordinator::is_tree_root(our_library.as_deref(), sys::getppid()) => 0,
-        _ => pid,
-    };
+    let wants_root = config.interval_ns.is_some() || config.on_term != config::OnTerm::Off;
+    let tree_root_pid =
+        if wants_root && !coordinator::is_tree_root(our_library.as_deref(), sys::getppid()) {
+            0
+        } else {
+            pid
+        };
+    let on_term = config.on_term != config::OnTerm::Off && tree_root_pid == pid;
     let stack = map_stack(WRITER_STACK_SIZE).ok_or("cannot map the writer stack")?;
     let leader_stack = map_stack(LEADER_STACK_SIZE).ok_or("cannot map the leader stack")?;
     let (rseq_offset, rseq_size) = interpose::glibc_rseq();
@@ -138,6 +149,10 @@ fn try_init() -> Result<(), String> {
     // its own stack.
     interpose::install_handler(signal, checkpoint::on_signal)
         .map_err(|_| format!("cannot install the handler of signal {signal}"))?;
+    if on_term {
+        interpose::hold_sigterm(preempt::on_term)
+            .map_err(|_| "cannot install the handler of SIGTERM".to_string())?;
+    }
     // An exec wrapper of the program we replaced may have blocked it for the exec window.
     sys::sigmask_set(libc::SIG_UNBLOCK, 1u64 << (signal - 1));
     if let Some(ns) = interval.filter(|_| tree_root_pid == pid) {
@@ -170,7 +185,7 @@ pub extern "C" fn forkpoint_checkpoint() -> i32 {
     // With children, the checkpoint is the tree's (a forked child has its parent's
     // RUNTIME but is not the parent: it has children of its own or none).
     if sys::has_children() {
-        return coordinator::api_checkpoint();
+        return coordinator::wait_for_tree_checkpoint(state::Trigger::Api);
     }
     API_RESTORED.store(false, Ordering::SeqCst);
     API_FAILED.store(false, Ordering::SeqCst);

@@ -44,6 +44,8 @@ pub enum Trigger {
     Interval,
     Api,
     Request,
+    /// SIGTERM, with `FORKPOINT_ON_TERM`.
+    Term,
 }
 
 impl Trigger {
@@ -53,6 +55,7 @@ impl Trigger {
             Trigger::Interval => "interval",
             Trigger::Api => "api",
             Trigger::Request => "request",
+            Trigger::Term => "term",
         }
     }
 }

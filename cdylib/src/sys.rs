@@ -297,6 +297,21 @@ pub struct KernelSigaction {
     pub mask: u64,
 }
 
+/// Puts back the default action of `sig`.
+pub fn set_default_action(sig: i32) -> SysResult {
+    let act = KernelSigaction::default();
+    // SAFETY: act is a valid kernel sigaction (SIG_DFL, no flags, empty mask); no old action.
+    unsafe {
+        sc!(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            0,
+            8
+        )
+    }
+}
+
 pub fn sigaction_get(sig: i32) -> Result<KernelSigaction, i32> {
     let mut old = KernelSigaction::default();
     // SAFETY: old is a writable kernel sigaction; 8 is the kernel sigset size.

@@ -168,6 +168,15 @@ fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
             }
         }
     }
+    if let Some(name) = &rt.config.name {
+        // A stable name for the job (`--name`): each checkpoint replaces the last.
+        cap.out_path
+            .str(&rt.config.dir)
+            .str("/")
+            .str(name)
+            .str(".fpk");
+        return;
+    }
     cap.out_path
         .str(&rt.config.dir)
         .str("/")

@@ -212,6 +212,45 @@ pub enum LogLevel {
     Debug,
 }
 
+/// What the library does when the program gets SIGTERM (`FORKPOINT_ON_TERM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTerm {
+    /// Nothing: SIGTERM is the program's.
+    Off,
+    /// Checkpoint, wait until the image is durable, then hand SIGTERM to the program's own
+    /// disposition.
+    Checkpoint,
+    /// Checkpoint, wait until durable, then end as an unhandled SIGTERM ends a program.
+    CheckpointExit,
+}
+
+/// Parses an `--on-term` / `FORKPOINT_ON_TERM` value.
+pub fn parse_on_term(t: &str) -> Result<OnTerm, String> {
+    match t.trim() {
+        "" | "off" | "none" => Ok(OnTerm::Off),
+        "checkpoint" => Ok(OnTerm::Checkpoint),
+        "checkpoint-exit" => Ok(OnTerm::CheckpointExit),
+        other => Err(format!(
+            "{other:?} is not an on-term action (checkpoint, checkpoint-exit or off)"
+        )),
+    }
+}
+
+/// Checks an image name (`--name`, `FORKPOINT_NAME`): the image is `DIR/NAME.fpk`.
+pub fn check_image_name(n: &str) -> Result<(), String> {
+    if n.is_empty() || n == "." || n == ".." || n.starts_with('.') {
+        return Err(format!(
+            "{n:?} is not an image name (empty, or starting with a dot)"
+        ));
+    }
+    if n.contains('/') || n.contains('\0') || n.len() > 200 {
+        return Err(format!(
+            "{n:?} is not an image name (no '/', at most 200 bytes: the image is DIR/NAME.fpk)"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub signal: i32,
@@ -228,6 +267,10 @@ pub struct Config {
     pub quiesce_timeout_ns: u64,
     /// Compression threads of the writer (None: one per CPU; 0: the writer compresses alone).
     pub writer_threads: Option<usize>,
+    /// What SIGTERM does (the tree's root only).
+    pub on_term: OnTerm,
+    /// Stable image name: every checkpoint goes to `DIR/NAME.fpk` (replacing the last).
+    pub name: Option<String>,
 }
 
 impl Config {
@@ -293,8 +336,21 @@ impl Config {
             ),
             _ => None,
         };
+        let on_term = match get("FORKPOINT_ON_TERM") {
+            Some(s) => parse_on_term(&s).map_err(|e| format!("FORKPOINT_ON_TERM: {e}"))?,
+            None => OnTerm::Off,
+        };
+        let name = match get("FORKPOINT_NAME") {
+            Some(n) if !n.is_empty() => {
+                check_image_name(&n).map_err(|e| format!("FORKPOINT_NAME: {e}"))?;
+                Some(n)
+            }
+            _ => None,
+        };
         Ok(Config {
             signal,
+            on_term,
+            name,
             interval_ns,
             dir,
             runtime_base: runtime_base(get, uid),
@@ -343,6 +399,24 @@ mod tests {
         assert_eq!(c.runtime_base, "/run/user/5/forkpoint");
         assert_eq!(c.log, LogLevel::Debug);
         assert!(Config::from_env(&env(&[("FORKPOINT_ZSTD_LEVEL", "99")]), "/", 0).is_err());
+        let c = Config::from_env(
+            &env(&[
+                ("FORKPOINT_ON_TERM", "checkpoint-exit"),
+                ("FORKPOINT_NAME", "job-42"),
+            ]),
+            "/",
+            0,
+        )
+        .unwrap();
+        assert_eq!(c.on_term, OnTerm::CheckpointExit);
+        assert_eq!(c.name.as_deref(), Some("job-42"));
+        for bad in [
+            ("FORKPOINT_ON_TERM", "yes"),
+            ("FORKPOINT_NAME", "a/b"),
+            ("FORKPOINT_NAME", ".x"),
+        ] {
+            assert!(Config::from_env(&env(&[bad]), "/", 0).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

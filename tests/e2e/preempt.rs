@@ -1,0 +1,467 @@
+//! Preemption: `forkpoint run --on-term checkpoint` checkpoints a program when it gets
+//! SIGTERM, waits until the image is durable and then lets SIGTERM do what the program
+//! chose; `--resume-from DIR` restarts the newest valid image or starts afresh; `ls` and
+//! `rm --keep`; and the recipes of examples/slurm and examples/systemd driven with the
+//! SIGTERM-then-SIGKILL sequence schedulers use.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const JOB_C: &str = include_str!("../programs/preempt_job.c");
+const TREE_API_C: &str = include_str!("../programs/tree_api.c");
+
+/// `preempt_job STEPS HOLD DIR/go [handler]`.
+struct Job {
+    exe: PathBuf,
+    args: Vec<String>,
+    handler: bool,
+}
+
+impl Job {
+    fn new(t: &TestDir, handler: bool) -> Job {
+        Job {
+            exe: compile_c(&t.path, "preempt_job", JOB_C),
+            args: vec!["300".into(), "200".into()],
+            handler,
+        }
+    }
+
+    fn argv(&self, dir: &Path) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec![self.exe.clone().into()];
+        v.extend(self.args.iter().map(OsString::from));
+        v.push(dir.join("go").into());
+        if self.handler {
+            v.push("handler".into());
+        }
+        v
+    }
+
+    /// Its stdout run to the end without forkpoint.
+    fn expected(&self, t: &TestDir) -> String {
+        let dir = t.sub("ref");
+        fs::write(dir.join("go"), "").unwrap();
+        let io = Io::in_dir(&dir, "prog");
+        run_reference(&self.argv(&dir), &dir, &io);
+        read_lossy(&io.stdout)
+    }
+}
+
+/// `forkpoint run [run_args] -- argv` in `dir`, output in dir/prog.out and prog.err.
+fn start_run(dir: &Path, rt: &Path, run_args: &[&OsStr], argv: &[OsString]) -> Proc {
+    library();
+    let mut cmd = Command::new(forkpoint());
+    cmd.arg("run").args(run_args).arg("--").args(argv);
+    cmd.current_dir(dir)
+        .env("FORKPOINT_RUNTIME_DIR", rt)
+        .env_remove("FORKPOINT_LOG")
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join("prog.out")).unwrap())
+        .stderr(File::create(dir.join("prog.err")).unwrap());
+    Proc::new(cmd.spawn().expect("spawn forkpoint run"), "the job")
+}
+
+/// `forkpoint run --resume-from images -- argv` in `dir`, to its end. Its stdout is
+/// dir/prog.out opened for appending (a restored program reopens the file itself and
+/// writes on at its saved offset; a fresh start writes after what is there); its stderr
+/// is returned.
+fn resume(dir: &Path, rt: &Path, images: &Path, argv: &[OsString]) -> (ExitStatus, String) {
+    let mut cmd = Command::new(forkpoint());
+    cmd.arg("run")
+        .arg("--resume-from")
+        .arg(images)
+        .arg("--")
+        .args(argv);
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("prog.out"))
+        .unwrap();
+    cmd.current_dir(dir)
+        .env("FORKPOINT_RUNTIME_DIR", rt)
+        .env_remove("FORKPOINT_LOG")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(File::create(dir.join("resume.err")).unwrap());
+    let mut p = Proc::new(cmd.spawn().expect("spawn forkpoint run"), "the resumed job");
+    let st = p.wait(WAIT);
+    (st, read_lossy(&dir.join("resume.err")))
+}
+
+/// The `.fpk` files of `dir`.
+fn images_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".fpk"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// SIGTERM with the default disposition: the checkpoint is durable (said on stderr with the
+/// time it took and the image) before SIGTERM ends the program; the job resumed from
+/// `--resume-from` ends as an uninterrupted run.
+#[test]
+fn sigterm_checkpoints_then_ends_the_program_and_the_job_resumes() {
+    let t = TestDir::new("preempt_default");
+    let job = Job::new(&t, false);
+    let expected = job.expected(&t);
+    let (run, images, rt) = (t.sub("run"), t.sub("images"), t.join("rt"));
+    let mut p = start_run(
+        &run,
+        &rt,
+        &[
+            OsStr::new("--dir"),
+            images.as_os_str(),
+            OsStr::new("--on-term"),
+            OsStr::new("checkpoint"),
+            OsStr::new("--name"),
+            OsStr::new("job"),
+        ],
+        &job.argv(&run),
+    );
+    wait_for_lines(&mut p, &run.join("prog.out"), 199);
+    p.signal(libc::SIGTERM);
+    let st = p.wait(WAIT);
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "the job ended with {st}");
+    let err = read_lossy(&run.join("prog.err"));
+    assert!(
+        err.contains("SIGTERM: checkpoint durable after ") && err.contains("/images/job.fpk)"),
+        "{err}"
+    );
+    assert_eq!(images_in(&images), ["job.fpk"]);
+    let info = info_json(&images.join("job.fpk"));
+    assert_eq!(info["metadata"]["checkpoint"]["trigger"], "term");
+
+    fs::write(run.join("go"), "").unwrap();
+    let (st, err) = resume(&run, &rt, &images, &job.argv(&run));
+    assert!(st.success(), "the resumed job ended with {st}\n{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    assert_eq!(read_lossy(&run.join("prog.out")), expected);
+}
+
+/// A program with its own SIGTERM handler gets the SIGTERM after the checkpoint (its
+/// handler runs, it stops cleanly); with `checkpoint-exit` its handler does not run. The
+/// program resumed from the image did not get that SIGTERM: it runs to the end.
+#[test]
+fn sigterm_reaches_the_programs_handler_after_the_checkpoint() {
+    let t = TestDir::new("preempt_handler");
+    let job = Job::new(&t, true);
+    let expected = job.expected(&t);
+    let rt = t.join("rt");
+    for (action, dir) in [("checkpoint", "run"), ("checkpoint-exit", "run_exit")] {
+        let (run, images) = (t.sub(dir), t.sub(&format!("{dir}_images")));
+        let mut p = start_run(
+            &run,
+            &rt,
+            &[
+                OsStr::new("--dir"),
+                images.as_os_str(),
+                OsStr::new("--on-term"),
+                OsStr::new(action),
+            ],
+            &job.argv(&run),
+        );
+        wait_for_lines(&mut p, &run.join("prog.out"), 199);
+        p.signal(libc::SIGTERM);
+        let st = p.wait(WAIT);
+        let err = read_lossy(&run.join("prog.err"));
+        let durable = err.find("SIGTERM: checkpoint durable").expect(&err);
+        if action == "checkpoint" {
+            assert_eq!(
+                st.code(),
+                Some(3),
+                "{action}: the job ended with {st}\n{err}"
+            );
+            let stopping = err.find("stopping at step 200").expect(&err);
+            assert!(durable < stopping, "{err}");
+        } else {
+            assert_eq!(st.signal(), Some(libc::SIGTERM), "{action}: {st}\n{err}");
+            assert!(!err.contains("stopping"), "{err}");
+        }
+        let imgs = images_in(&images);
+        assert_eq!(imgs.len(), 1, "{imgs:?}");
+        fs::write(run.join("go"), "").unwrap();
+        let (st, err) = resume(&run, &rt, &images, &job.argv(&run));
+        assert!(
+            st.success(),
+            "{action}: the resumed job ended with {st}\n{err}"
+        );
+        assert_eq!(read_lossy(&run.join("prog.out")), expected, "{action}");
+    }
+}
+
+/// `ls` names a broken image, `--resume-from` passes over it to the previous valid one
+/// (saying so), `rm --keep 0` removes it but keeps the newest valid image, and in a
+/// directory without images the job starts afresh.
+#[test]
+fn resume_passes_over_a_broken_image_and_starts_afresh_without_one() {
+    let t = TestDir::new("preempt_resume");
+    let job = Job::new(&t, false);
+    let expected = job.expected(&t);
+    let (run, images, rt) = (t.sub("run"), t.sub("images"), t.join("rt"));
+    let mut p = start_run(&run, &rt, &[], &job.argv(&run));
+    wait_for_lines(&mut p, &run.join("prog.out"), 199);
+    let old = images.join("older.fpk");
+    let new = images.join("newer.fpk");
+    for img in [&old, &new] {
+        let c = checkpoint(p.pid, &[OsStr::new("-o"), img.as_os_str()]);
+        assert_eq!(c.image(), *img);
+    }
+    assert_killed(p.kill9(), "the job");
+    // The newer image loses its last bytes (a disk that filled, a copy cut short).
+    let len = fs::metadata(&new).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&new)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+
+    let ls = output_within(
+        Command::new(forkpoint())
+            .args(["ls", "--verify", "--json"])
+            .arg(&images),
+        WAIT,
+    );
+    assert_eq!(ls.status.code(), Some(0), "{ls:?}");
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(names, ["newer.fpk", "older.fpk"], "{v}");
+    assert_eq!(v[0]["opens"], false, "{v}");
+    assert_eq!(v[1]["verified"], true, "{v}");
+    let text = output_within(
+        Command::new(forkpoint())
+            .args(["ls", "--verify"])
+            .arg(&images),
+        WAIT,
+    );
+    assert_eq!(
+        text.status.code(),
+        Some(1),
+        "ls --verify exits 1 when an image is broken"
+    );
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("broken"),
+        "{text:?}"
+    );
+
+    fs::write(run.join("go"), "").unwrap();
+    let (st, err) = resume(&run, &rt, &images, &job.argv(&run));
+    assert!(st.success(), "the resumed job ended with {st}\n{err}");
+    assert!(
+        err.contains("newer.fpk does not verify")
+            && err.contains("resuming from")
+            && err.contains("older.fpk"),
+        "{err}"
+    );
+    assert_eq!(read_lossy(&run.join("prog.out")), expected);
+
+    let rm = output_within(
+        Command::new(forkpoint())
+            .args(["rm", "--keep", "0"])
+            .arg(&images),
+        WAIT,
+    );
+    assert!(rm.status.success(), "{rm:?}");
+    assert_eq!(images_in(&images), ["older.fpk"]);
+
+    // No image at all: the command starts afresh (and makes the directory).
+    let fresh = t.sub("fresh");
+    fs::write(fresh.join("go"), "").unwrap();
+    let (st, err) = resume(&fresh, &rt, &fresh.join("images"), &job.argv(&fresh));
+    assert!(st.success(), "{st}\n{err}");
+    assert!(err.contains("no image to resume from"), "{err}");
+    assert_eq!(read_lossy(&fresh.join("prog.out")), expected);
+}
+
+/// Sends SIGTERM to `p`, waits `grace` for it to end, then SIGKILLs it (what Slurm and
+/// systemd do); returns how it ended and whether the grace period was enough.
+fn term_then_kill(p: &mut Proc, grace: Duration) -> (ExitStatus, bool) {
+    p.signal(libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !p.running() {
+            return (p.wait(WAIT), true);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (p.kill9(), false)
+}
+
+/// The Slurm recipe (examples/slurm/job.sbatch) run as Slurm runs it, with the SIGTERM
+/// then SIGKILL of a preemption (`--signal=B:TERM@30`: 30 s of grace): a job with a child
+/// process is checkpointed whole, ends, and its requeued run resumes it to the output of an
+/// uninterrupted run.
+#[test]
+fn slurm_recipe_preempted_and_requeued() {
+    let t = TestDir::new("preempt_slurm");
+    let exe = compile_c(&t.path, "tree_api", TREE_API_C);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/job.sbatch");
+    let recipe = fs::read_to_string(&script).unwrap();
+    assert!(recipe.contains("#SBATCH --signal=B:TERM@30"), "{recipe}");
+    let grace = Duration::from_secs(30);
+    let argv = |dir: &Path| -> Vec<OsString> {
+        vec![
+            exe.clone().into(),
+            "60".into(),
+            "0".into(),
+            dir.join("go").into(),
+            "50".into(),
+        ]
+    };
+    let reference = t.sub("ref");
+    fs::write(reference.join("go"), "").unwrap();
+    let ref_io = Io::in_dir(&reference, "prog");
+    run_reference(&argv(&reference), &reference, &ref_io);
+    let expected = read_lossy(&ref_io.stdout);
+
+    let (run, rt) = (t.sub("run"), t.join("rt"));
+    let images = run.join("forkpoint-images/job");
+    let path = format!(
+        "{}:{}",
+        forkpoint().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Slurm's output file, opened for appending (--open-mode=append) by each run.
+    let job_run = |what: &str| -> Proc {
+        library();
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run.join("slurm.out"))
+            .unwrap();
+        let err = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run.join("slurm.err"))
+            .unwrap();
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .args(argv(&run))
+            .current_dir(&run)
+            .env("PATH", &path)
+            .env("SLURM_SUBMIT_DIR", &run)
+            .env("SLURM_JOB_NAME", "job")
+            .env("FORKPOINT_RUNTIME_DIR", &rt)
+            .env_remove("FORKPOINT_LOG")
+            .env_remove("FORKPOINT_IMAGES")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        Proc::new(cmd.spawn().expect("spawn the job script"), what)
+    };
+    let mut first = job_run("the job's first run");
+    wait_for_lines(&mut first, &run.join("slurm.out"), 49);
+    let (st, in_grace) = term_then_kill(&mut first, grace);
+    let err = read_lossy(&run.join("slurm.err"));
+    assert!(
+        in_grace,
+        "the job did not end within the grace period\n{err}"
+    );
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "{st}\n{err}");
+    assert!(err.contains("SIGTERM: checkpoint durable after"), "{err}");
+    let info = info_json(&images.join("job.fpk"));
+    assert_eq!(
+        info["metadata"]["tree"]["members"].as_array().map(Vec::len),
+        Some(2),
+        "{info}"
+    );
+    // The tree's child ends by itself once its parent is gone (end of file on its pipe).
+    wait_until("the first run's child to end", WAIT, || {
+        !fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            fs::read_to_string(e.path().join("cmdline"))
+                .is_ok_and(|c| c.starts_with(&format!("{}\0", exe.display())))
+        })
+    });
+
+    fs::write(run.join("go"), "").unwrap();
+    let mut second = job_run("the requeued job");
+    let st = second.wait(WAIT);
+    let err = read_lossy(&run.join("slurm.err"));
+    assert!(st.success(), "the requeued job ended with {st}\n{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    assert_eq!(read_lossy(&run.join("slurm.out")), expected);
+}
+
+/// The systemd unit (examples/systemd/forkpoint-job.service): its ExecStart, with the
+/// unit's paths replaced by the test's, stopped as systemd stops it (KillMode=mixed: SIGTERM
+/// to the main process, SIGKILL after TimeoutStopSec) and started again: the job resumes.
+#[test]
+fn systemd_unit_stopped_and_started_again() {
+    let t = TestDir::new("preempt_systemd");
+    let job = Job::new(&t, false);
+    let expected = job.expected(&t);
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/forkpoint-job.service"),
+    )
+    .unwrap();
+    let key = |k: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("the unit has no {k}="))
+            .to_string()
+    };
+    assert_eq!(key("KillMode"), "mixed");
+    let grace = Duration::from_secs(key("TimeoutStopSec").parse().unwrap());
+    let (run, rt) = (t.sub("run"), t.join("rt"));
+    let state = key("WorkingDirectory");
+    let exec: Vec<OsString> = key("ExecStart")
+        .split_whitespace()
+        .flat_map(|w| -> Vec<OsString> {
+            if w == "/usr/local/bin/forkpoint" {
+                vec![forkpoint().into()]
+            } else if w == "/usr/local/bin/my-job" {
+                job.argv(&run)
+            } else if let Some(rest) = w.strip_prefix(&state) {
+                vec![format!("{}{rest}", run.display()).into()]
+            } else {
+                vec![w.into()]
+            }
+        })
+        .collect();
+    let start = |what: &str| -> Proc {
+        library();
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run.join("prog.out"))
+            .unwrap();
+        let mut cmd = Command::new(&exec[0]);
+        cmd.args(&exec[1..])
+            .current_dir(&run)
+            .env("FORKPOINT_RUNTIME_DIR", &rt)
+            .env_remove("FORKPOINT_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(File::create(run.join(format!("{what}.err"))).unwrap());
+        Proc::new(cmd.spawn().expect("spawn ExecStart"), what)
+    };
+    let mut first = start("first");
+    wait_for_lines(&mut first, &run.join("prog.out"), 199);
+    let (st, in_grace) = term_then_kill(&mut first, grace);
+    let err = read_lossy(&run.join("first.err"));
+    assert!(
+        in_grace && st.signal() == Some(libc::SIGTERM),
+        "{st}\n{err}"
+    );
+    assert_eq!(images_in(&run.join("images")), ["job.fpk"]);
+    fs::write(run.join("go"), "").unwrap();
+    let mut second = start("second");
+    let st = second.wait(WAIT);
+    let err = read_lossy(&run.join("second.err"));
+    assert!(st.success(), "{st}\n{err}");
+    assert_eq!(read_lossy(&run.join("prog.out")), expected);
+}
