@@ -252,7 +252,8 @@ pub fn wait_for_report(
     })
 }
 
-/// `DIR/PROG.PID.tree-N.fpk` in the root's image directory, N one more than any there.
+/// `DIR/PROG.PID.tree-N.fpk` in the root's image directory, N one more than any there
+/// (`DIR/NAME.fpk` for a root run with `--name`).
 fn default_tree_output(pid: i32) -> Result<PathBuf, CliError> {
     let env = TargetEnv::of_pid(pid);
     let cwd = fs::read_link(format!("/proc/{pid}/cwd"))
@@ -261,6 +262,10 @@ fn default_tree_output(pid: i32) -> Result<PathBuf, CliError> {
         Some(d) if !d.is_empty() => cwd.join(d),
         _ => cwd,
     };
+    // A job's stable name (`run --name`): the tree's image is that one too.
+    if let Some(name) = env.get("FORKPOINT_NAME").filter(|n| !n.is_empty()) {
+        return Ok(dir.join(format!("{name}.fpk")));
+    }
     let prog = fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

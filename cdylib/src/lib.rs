@@ -123,7 +123,9 @@ fn try_init() -> Result<(), String> {
         } else {
             pid
         };
-    let on_term = config.on_term != config::OnTerm::Off && tree_root_pid == pid;
+    // Every process of the tree holds SIGTERM: the root to checkpoint, the others to wait
+    // for that (see `preempt`).
+    let on_term = config.on_term != config::OnTerm::Off;
     let stack = map_stack(WRITER_STACK_SIZE).ok_or("cannot map the writer stack")?;
     let leader_stack = map_stack(LEADER_STACK_SIZE).ok_or("cannot map the leader stack")?;
     let (rseq_offset, rseq_size) = interpose::glibc_rseq();

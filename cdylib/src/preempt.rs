@@ -7,8 +7,13 @@
 //! `checkpoint-exit` always ends it so. In a process restored from that checkpoint, the
 //! SIGTERM is over: the program runs on.
 //!
-//! Only the tree's root holds SIGTERM (a member forked from it without exec finds it is not
-//! the root and passes SIGTERM straight on).
+//! A scheduler's SIGTERM often reaches every process of the job at once (Slurm's
+//! `scontrol requeue` and `scancel`, systemd's default KillMode, `kill -TERM -PGID`). The
+//! tree's root checkpoints the tree; every other member holds its SIGTERM until the
+//! root's checkpoint has taken it (its writer is done), at most [`MEMBER_WAIT_NS`] for that
+//! checkpoint to begin, and then SIGTERM goes on to its disposition. A SIGTERM the program
+//! sends itself (a `raise`, or a member's parent ending it: `Pool.terminate()` ending its
+//! workers) is the program's business and goes on at once, without a checkpoint.
 //!
 //! Runs in the SIGTERM handler (every signal blocked but, while a tree's coordinator works,
 //! the checkpoint signal). Allowed: the raw syscalls of `sys`, reading `RUNTIME`, atomics,
@@ -33,10 +38,44 @@ enum Outcome {
     Restored,
 }
 
+/// How long a member holds a SIGTERM for the root's checkpoint to begin.
+const MEMBER_WAIT_NS: u64 = 5_000_000_000;
+/// How long, at most, it then waits for its part of that checkpoint to be written (the
+/// coordinator's own timeout).
+const MEMBER_WRITE_NS: u64 = 120_000_000_000;
+
+/// Whether the SIGTERM came from outside the program: not from this process itself, nor, in
+/// a member, from its parent (a member of the tree too); kill(2), sigqueue(3) and tgkill(2)
+/// name their sender, anything else counts as outside.
+fn from_outside(info: *const libc::siginfo_t, root: bool) -> bool {
+    if info.is_null() {
+        return true;
+    }
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let info = unsafe { &*info };
+    const SI_USER: i32 = 0;
+    const SI_QUEUE: i32 = -1;
+    const SI_TKILL: i32 = -6;
+    if !matches!(info.si_code, SI_USER | SI_QUEUE | SI_TKILL) {
+        return true;
+    }
+    // SAFETY: these codes carry the sender's pid.
+    let sender = unsafe { info.si_pid() };
+    sender != sys::getpid() && (root || sender != sys::getppid())
+}
+
 pub extern "C" fn on_term(sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_void) {
     let Some(rt) = RUNTIME.get() else { return };
-    if rt.config.on_term == OnTerm::Off || rt.tree_root_pid != sys::getpid() {
+    let root = rt.tree_root_pid == sys::getpid();
+    if rt.config.on_term == OnTerm::Off || !from_outside(info, root) {
         deliver(sig, info, uctx, OnTerm::Checkpoint);
+        return;
+    }
+    if !root {
+        match hold_for_the_roots_checkpoint() {
+            Outcome::Restored => {}
+            _ => deliver(sig, info, uctx, rt.config.on_term),
+        }
         return;
     }
     let t0 = sys::monotonic_ns();
@@ -105,6 +144,36 @@ fn own_checkpoint(uctx: *mut c_void) -> Outcome {
         Some(st) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 => Outcome::Durable,
         _ => Outcome::Failed,
     }
+}
+
+/// A member's SIGTERM: wait until this process has been checkpointed (with the tree: its
+/// writer is done), or for at most MEMBER_WAIT_NS for that to begin.
+fn hold_for_the_roots_checkpoint() -> Outcome {
+    let ours = 1u64 << (RUNTIME.get().map_or(1, |rt| rt.config.signal) - 1);
+    let old = sys::sigmask_set(libc::SIG_UNBLOCK, ours);
+    let (seq, generation) = (
+        SEQ.load(Ordering::SeqCst),
+        GENERATION.load(Ordering::SeqCst),
+    );
+    let t0 = sys::monotonic_ns();
+    let idle = core::sync::atomic::AtomicU32::new(0);
+    let outcome = loop {
+        if GENERATION.load(Ordering::SeqCst) != generation {
+            break Outcome::Restored;
+        }
+        let began = SEQ.load(Ordering::SeqCst) != seq;
+        if began && WRITER_PID.load(Ordering::SeqCst) == 0 {
+            break Outcome::Durable;
+        }
+        let waited = sys::monotonic_ns() - t0;
+        if (!began && waited > MEMBER_WAIT_NS) || waited > MEMBER_WAIT_NS + MEMBER_WRITE_NS {
+            break Outcome::Failed;
+        }
+        // Woken early by the checkpoint signal (a request, our writer's exit).
+        sys::futex_wait(&idle, 0, 5_000_000);
+    };
+    sys::sigmask_set(libc::SIG_SETMASK, old);
+    outcome
 }
 
 fn tree_checkpoint() -> Outcome {

@@ -287,10 +287,33 @@ fn resume_passes_over_a_broken_image_and_starts_afresh_without_one() {
     assert_eq!(read_lossy(&fresh.join("prog.out")), expected);
 }
 
-/// Sends SIGTERM to `p`, waits `grace` for it to end, then SIGKILLs it (what Slurm and
-/// systemd do); returns how it ended and whether the grace period was enough.
-fn term_then_kill(p: &mut Proc, grace: Duration) -> (ExitStatus, bool) {
+/// The children of `pid` (by /proc/*/stat).
+fn children_of(pid: i32) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let child: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: i32 = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Sends SIGTERM to `p` and to `also` (processes of its tree), waits `grace` for `p` to end,
+/// then SIGKILLs it (what Slurm and systemd do); returns how it ended and whether the grace
+/// period was enough.
+fn term_then_kill(p: &mut Proc, also: &[i32], grace: Duration) -> (ExitStatus, bool) {
     p.signal(libc::SIGTERM);
+    for &pid in also {
+        // SAFETY: kill has no memory-safety preconditions; the test started these.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if !p.running() {
@@ -302,9 +325,10 @@ fn term_then_kill(p: &mut Proc, grace: Duration) -> (ExitStatus, bool) {
 }
 
 /// The Slurm recipe (examples/slurm/job.sbatch) run as Slurm runs it, with the SIGTERM
-/// then SIGKILL of a preemption (`--signal=B:TERM@30`: 30 s of grace): a job with a child
-/// process is checkpointed whole, ends, and its requeued run resumes it to the output of an
-/// uninterrupted run.
+/// then SIGKILL of a preemption (30 s of grace), sent to every process of the job at once
+/// (as `scontrol requeue` and `scancel` do): a job with a child process is checkpointed
+/// whole (the child holds its SIGTERM until then), ends, and its requeued run resumes it to
+/// the output of an uninterrupted run.
 #[test]
 fn slurm_recipe_preempted_and_requeued() {
     let t = TestDir::new("preempt_slurm");
@@ -365,7 +389,9 @@ fn slurm_recipe_preempted_and_requeued() {
     };
     let mut first = job_run("the job's first run");
     wait_for_lines(&mut first, &run.join("slurm.out"), 49);
-    let (st, in_grace) = term_then_kill(&mut first, grace);
+    let kids = children_of(first.pid);
+    assert_eq!(kids.len(), 1, "the job's child: {kids:?}");
+    let (st, in_grace) = term_then_kill(&mut first, &kids, grace);
     let err = read_lossy(&run.join("slurm.err"));
     assert!(
         in_grace,
@@ -374,11 +400,13 @@ fn slurm_recipe_preempted_and_requeued() {
     assert_eq!(st.signal(), Some(libc::SIGTERM), "{st}\n{err}");
     assert!(err.contains("SIGTERM: checkpoint durable after"), "{err}");
     let info = info_json(&images.join("job.fpk"));
-    assert_eq!(
-        info["metadata"]["tree"]["members"].as_array().map(Vec::len),
-        Some(2),
-        "{info}"
-    );
+    let members = info["metadata"]["tree"]["members"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(members.len(), 2, "{info}");
+    // The child was alive at the cut: it held its own SIGTERM until then.
+    assert!(members.iter().all(|m| m["exited"].is_null()), "{members:?}");
     // The tree's child ends by itself once its parent is gone (end of file on its pipe).
     wait_until("the first run's child to end", WAIT, || {
         !fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -451,7 +479,7 @@ fn systemd_unit_stopped_and_started_again() {
     };
     let mut first = start("first");
     wait_for_lines(&mut first, &run.join("prog.out"), 199);
-    let (st, in_grace) = term_then_kill(&mut first, grace);
+    let (st, in_grace) = term_then_kill(&mut first, &[], grace);
     let err = read_lossy(&run.join("first.err"));
     assert!(
         in_grace && st.signal() == Some(libc::SIGTERM),
