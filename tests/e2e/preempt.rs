@@ -493,3 +493,151 @@ fn systemd_unit_stopped_and_started_again() {
     assert!(st.success(), "{st}\n{err}");
     assert_eq!(read_lossy(&run.join("prog.out")), expected);
 }
+
+/// `scontrol ARGS` (or another Slurm command): its stdout; panics with its stderr on failure.
+fn slurm(cmd: &str, args: &[&str]) -> String {
+    let out = output_within(Command::new(cmd).args(args), WAIT);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn job_state(id: &str) -> String {
+    let show = slurm("scontrol", &["show", "job", id]);
+    show.split_whitespace()
+        .find_map(|w| w.strip_prefix("JobState="))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// The recipe under a real Slurm (the one-node cluster `.ci/run` starts with
+/// examples/slurm/single-node.sh; FORKPOINT_SLURM=1 says it is there): submitted with
+/// sbatch, preempted with `scontrol requeue` while mid-run (Slurm sends SIGTERM to the job's
+/// processes, SIGKILL after KillWait), requeued by Slurm, and resumed from its image to the
+/// output of an uninterrupted run.
+#[test]
+fn real_slurm_requeue_resumes_the_job() {
+    if std::env::var_os("FORKPOINT_SLURM").is_none_or(|v| v != "1") {
+        skip("no Slurm cluster here (FORKPOINT_SLURM=1 is set by .ci/run once it runs one)");
+        return;
+    }
+    let t = TestDir::new("preempt_real_slurm");
+    let exe = compile_c(&t.path, "tree_api", TREE_API_C);
+    let run = t.sub("run");
+    let argv = |dir: &Path| -> Vec<String> {
+        [
+            exe.display().to_string(),
+            "60".into(),
+            "0".into(),
+            dir.join("go").display().to_string(),
+            "50".into(),
+        ]
+        .to_vec()
+    };
+    let reference = t.sub("ref");
+    fs::write(reference.join("go"), "").unwrap();
+    let ref_io = Io::in_dir(&reference, "prog");
+    run_reference(
+        &argv(&reference)
+            .into_iter()
+            .map(OsString::from)
+            .collect::<Vec<_>>(),
+        &reference,
+        &ref_io,
+    );
+    let expected = read_lossy(&ref_io.stdout);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/job.sbatch");
+    library();
+    let path = format!(
+        "{}:{}",
+        forkpoint().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run.join("slurm.out");
+    let mut sbatch = Command::new("sbatch");
+    sbatch
+        .arg("--parsable")
+        .arg("--job-name=forkpoint-e2e")
+        .arg(format!("--output={}", out.display()))
+        .arg(&script)
+        .args(argv(&run))
+        .current_dir(&run)
+        .env("PATH", &path)
+        .env("FORKPOINT_RUNTIME_DIR", t.join("rt"))
+        .env_remove("FORKPOINT_LOG")
+        .env_remove("FORKPOINT_IMAGES");
+    let submitted = output_within(&mut sbatch, WAIT);
+    assert!(submitted.status.success(), "sbatch: {submitted:?}");
+    let id = String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // Cancel the job however the test ends.
+    struct Cancel(String);
+    impl Drop for Cancel {
+        fn drop(&mut self) {
+            let _ = Command::new("scancel").arg(&self.0).output();
+        }
+    }
+    let _cancel = Cancel(id.clone());
+    let long = Duration::from_secs(240);
+    wait_until("the job to reach its hold step", long, || {
+        let state = job_state(&id);
+        assert!(
+            matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING"),
+            "job {id} is {state}:\n{}",
+            read_lossy(&out)
+        );
+        count_lines(&out) >= 49
+            && read_lossy(&out)
+                .lines()
+                .filter(|l| l.starts_with("step "))
+                .count()
+                >= 49
+    });
+    slurm("scontrol", &["requeue", &id]);
+    let image = run.join("forkpoint-images/forkpoint-e2e/job.fpk");
+    wait_until("the checkpoint taken on Slurm's SIGTERM", long, || {
+        read_lossy(&out).contains("SIGTERM: checkpoint durable after")
+    });
+    assert!(image.is_file(), "{}", read_lossy(&out));
+    fs::write(run.join("go"), "").unwrap();
+    // Slurm holds a requeued job back for a while (BeginTime); let it start now.
+    wait_until("the job to be requeued", long, || {
+        job_state(&id) == "PENDING"
+    });
+    slurm(
+        "scontrol",
+        &["update", &format!("JobId={id}"), "StartTime=now"],
+    );
+    wait_until("the requeued job to finish", long, || {
+        let state = job_state(&id);
+        assert!(
+            !matches!(
+                state.as_str(),
+                "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL"
+            ),
+            "job {id} is {state}:\n{}",
+            read_lossy(&out)
+        );
+        state == "COMPLETED"
+    });
+    let log = read_lossy(&out);
+    assert!(log.contains("resuming from"), "{log}");
+    let stdout_lines: String = log
+        .lines()
+        .filter(|l| l.starts_with("step ") || *l == "PASS")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(stdout_lines, expected, "{log}");
+    assert!(
+        slurm("scontrol", &["show", "job", &id]).contains("Restarts=1"),
+        "the job was not requeued once"
+    );
+}
