@@ -125,7 +125,30 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
         return Err(CliError::new(why));
     }
 
-    let parsed = wait_for_report(pid, &request, &report, args.timeout, signo)?;
+    // On a terminal, a large process's write shows one updating line (its resident memory
+    // is the estimate of what there is to write).
+    let progress_file = dir.join(format!("progress.{id}"));
+    let resident = resident_bytes(pid);
+    let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+    let progress = forkpoint_restart_loader::progress::wanted(resident).then(|| {
+        let file = progress_file.clone();
+        std::thread::spawn(move || {
+            let done = || -> u64 {
+                fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            forkpoint_restart_loader::progress::show_until("checkpoint", resident, done, stop_rx)
+        })
+    });
+    let parsed = wait_for_report(pid, &request, &report, args.timeout, signo);
+    drop(stop);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let _ = fs::remove_file(&progress_file);
+    let parsed = parsed?;
     match parsed {
         Report::Error(e) => Err(CliError::new(format!(
             "checkpoint of process {pid} failed: {e}"
@@ -250,6 +273,21 @@ pub fn wait_for_report(
             "cannot understand the report of process {pid}: {e}"
         ))
     })
+}
+
+/// `VmRSS` of `pid` in bytes (0 if unknown).
+fn resident_bytes(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let kb: u64 = status_field(&s, "VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0)
 }
 
 /// `DIR/PROG.PID.tree-N.fpk` in the root's image directory, N one more than any there

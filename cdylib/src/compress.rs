@@ -100,7 +100,12 @@ pub struct Chunker {
     _stacks: Vec<Vec<u8>>,
     pub bytes_raw: u64,
     pub bytes_stored: u64,
+    /// Where `forkpoint checkpoint` reads how far the write is (-1: nobody asks).
+    pub progress_fd: i32,
 }
+
+/// The progress file is rewritten each time this many bytes (2^N) more are stored.
+const PROGRESS_STEP_SHIFT: u32 = 23;
 
 impl Chunker {
     /// `start` is the file offset of the first chunk; `threads` compression threads (0:
@@ -171,6 +176,7 @@ impl Chunker {
             _stacks: Vec::new(),
             bytes_raw: 0,
             bytes_stored: 0,
+            progress_fd: -1,
         };
         for i in 0..threads {
             let mut stack = vec![0u8; WORKER_STACK];
@@ -211,8 +217,16 @@ impl Chunker {
         // SAFETY: the slot is DONE: only the writer thread touches it now.
         let d = unsafe { &mut *self.shared.slots[i].data.get() };
         let raw_len = d.raw_len() as u64;
+        let before = self.bytes_raw;
         self.bytes_raw += raw_len;
         self.bytes_stored += d.stored_len;
+        if self.progress_fd >= 0
+            && before >> PROGRESS_STEP_SHIFT != self.bytes_raw >> PROGRESS_STEP_SHIFT
+        {
+            let mut line = crate::fixbuf::FixBuf::<32>::new();
+            line.u64(self.bytes_raw).str("\n");
+            let _ = crate::sys::pwrite(self.progress_fd, line.as_bytes(), 0);
+        }
         self.chunks.push(Chunk {
             offset: d.offset,
             stored_len: d.stored_len,

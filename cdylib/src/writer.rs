@@ -386,6 +386,21 @@ fn write_body(
     let own = own_addresses(threads(cap));
     let threads = rt.config.writer_threads.unwrap_or_else(sys::cpu_count);
     let mut chunker = Chunker::new(rt.config.zstd_level, out.fd, out.pos, threads)?;
+    // `forkpoint checkpoint` shows how far the write is (on a terminal): report.<id> ->
+    // progress.<id>, next to it; the command removes it with the report.
+    let mut progress = FixBuf::<4200>::new();
+    if cap.request_id != 0 {
+        let report = cap.report_path.as_bytes();
+        if let Some(at) = report.windows(7).rposition(|w| w == b"report.") {
+            progress
+                .push(&report[..at])
+                .str("progress.")
+                .push(&report[at + 7..]);
+            let flags =
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+            chunker.progress_fd = sys::open(progress.as_cstr(), flags, 0o600).unwrap_or(-1);
+        }
+    }
     let mut pm = vec![0u64; PAGEMAP_BATCH];
     let mut page_buf = vec![0u8; PAGE];
 
@@ -605,6 +620,10 @@ fn write_body(
     }
     let t_walked = sys::monotonic_ns();
     let (chunks, chunks_end) = chunker.finish()?;
+    if chunker.progress_fd >= 0 {
+        sys::close(chunker.progress_fd);
+        chunker.progress_fd = -1;
+    }
     let t_chunks = sys::monotonic_ns();
     out.pos = chunks_end;
     sys::close(pagemap);

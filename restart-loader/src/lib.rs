@@ -13,6 +13,7 @@ mod blob;
 #[allow(unsafe_code)] // descriptors created and moved with raw syscalls
 mod fds;
 pub mod plan;
+pub mod progress;
 #[allow(unsafe_code)] // writes into the staged memory of the program
 mod stage;
 #[allow(unsafe_code)] // the raw syscalls
@@ -167,7 +168,9 @@ fn restore_process(
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let pages = stage::fill_regions(img, &stage_map, threads)?;
+    // One restoring process shows progress; a tree's members restore side by side.
+    let show_progress = member.is_none();
+    let pages = stage::fill_regions(img, &stage_map, threads, show_progress)?;
     say(&format!(
         "decompressed {pages} pages ({} MiB) on {threads} threads",
         (pages * PAGE_SIZE) >> 20

@@ -3,7 +3,7 @@
 //! of the running loader is touched: a failure here leaves it intact.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use forkpoint_image::read::ChunkReader;
@@ -147,8 +147,12 @@ pub fn fill_regions(
     img: &ImageFile,
     stage: &StageMap,
     threads: usize,
+    show_progress: bool,
 ) -> Result<u64, RestoreError> {
     let chunks = &img.metadata.chunks;
+    let total: u64 = chunks.iter().map(|c| c.raw_len).sum();
+    let done = AtomicU64::new(0);
+    let (progress_stop, progress_rx) = std::sync::mpsc::channel::<()>();
     let next = AtomicUsize::new(0);
     let error: Mutex<Option<String>> = Mutex::new(None);
     let pages = AtomicUsize::new(0);
@@ -164,6 +168,17 @@ pub fn fill_regions(
     // scope's implicit join only waits for the closures, so each is joined (pthread_join
     // waits for the kernel to clear the thread's tid, i.e. for the thread to have exited).
     std::thread::scope(|scope| {
+        let progress = (show_progress && crate::progress::wanted(total)).then(|| {
+            let done = &done;
+            scope.spawn(move || {
+                crate::progress::show_until(
+                    "restart",
+                    total,
+                    || done.load(Ordering::Relaxed),
+                    progress_rx,
+                )
+            })
+        });
         let mut handles = Vec::new();
         for _ in 0..threads.max(1).min(chunks.len().max(1)) {
             handles.push(scope.spawn(|| {
@@ -218,11 +233,16 @@ pub fn fill_regions(
                         }
                     }
                     pages.fetch_add((c.raw_len / PAGE_SIZE) as usize, Ordering::Relaxed);
+                    done.fetch_add(c.raw_len, Ordering::Relaxed);
                 }
             }));
         }
         for h in handles {
             let _ = h.join();
+        }
+        drop(progress_stop);
+        if let Some(p) = progress {
+            let _ = p.join();
         }
     });
     if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {

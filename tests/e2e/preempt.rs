@@ -641,3 +641,88 @@ fn real_slurm_requeue_resumes_the_job() {
         "the job was not requeued once"
     );
 }
+
+/// On a terminal (here a pseudo-terminal from `script`), checkpointing and restarting a
+/// large process show one updating line with bytes, rate and time left; on a file (every
+/// other test) nothing of it appears.
+#[test]
+fn progress_on_a_terminal_only() {
+    if !have_tool("python3") || !have_tool("script") {
+        return;
+    }
+    let t = TestDir::new("progress");
+    let (run, rt) = (t.sub("run"), t.join("rt"));
+    let code = "import os, time\n\
+                blocks = [os.urandom(1 << 20) for _ in range(160)]\n\
+                print('ready', flush=True)\n\
+                while not os.path.exists('go'): time.sleep(0.005)\n";
+    let mut p = start_run(
+        &run,
+        &rt,
+        &[],
+        &["python3".into(), "-c".into(), code.into()],
+    );
+    wait_until("the program to be ready", WAIT, || {
+        read_lossy(&run.join("prog.out")).contains("ready")
+    });
+    let image = run.join("big.fpk");
+    let on_tty = |cmd: String, log: &Path| -> String {
+        let out = output_within(
+            Command::new("script")
+                .arg("-qec")
+                .arg(cmd)
+                .arg(log)
+                .env("FORKPOINT_RUNTIME_DIR", &rt)
+                .stdin(Stdio::null()),
+            WAIT,
+        );
+        assert!(out.status.success(), "{out:?}");
+        read_lossy(log)
+    };
+    let typed = on_tty(
+        format!(
+            "{} checkpoint -o {} {}",
+            forkpoint().display(),
+            image.display(),
+            p.pid
+        ),
+        &run.join("checkpoint.tty"),
+    );
+    assert!(
+        typed.contains("\rforkpoint checkpoint: ") && typed.contains(" MiB/s"),
+        "{typed:?}"
+    );
+    assert_killed(p.kill9(), "the program");
+    fs::write(run.join("go"), "").unwrap();
+    // The same image restarted on a file shows no progress.
+    let c = checkpoint_restart_quietly(&image, &run);
+    assert!(
+        !c.contains("forkpoint restart: ") || !c.contains("MiB/s"),
+        "{c}"
+    );
+    let typed = on_tty(
+        format!(
+            "timeout -s KILL 20 {} restart {} </dev/null",
+            forkpoint().display(),
+            image.display()
+        ),
+        &run.join("restart.tty"),
+    );
+    assert!(typed.contains("\rforkpoint restart: "), "{typed:?}");
+}
+
+/// Restarts `image` with stderr on a file; it reads end of file on stdin and ends. Its
+/// stderr.
+fn checkpoint_restart_quietly(image: &Path, dir: &Path) -> String {
+    let err = dir.join("quiet.err");
+    let mut cmd = Command::new(forkpoint());
+    cmd.arg("restart")
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&err).unwrap());
+    let mut p = Proc::new(cmd.spawn().unwrap(), "the quiet restart");
+    let st = p.wait(WAIT);
+    assert!(st.success(), "{st}\n{}", read_lossy(&err));
+    read_lossy(&err)
+}
