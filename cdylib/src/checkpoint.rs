@@ -217,7 +217,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
         return;
     }
     // The tree's root on its interval: the tree is checkpointed (by the coordinator).
-    if trigger == Trigger::Interval && rt.tree_root_pid == pid && sys::has_children() {
+    if trigger == Trigger::Interval && crate::state::is_tree_root() && sys::has_children() {
         if let Err(msg) = crate::coordinator::start_for_interval() {
             fail(report_path.as_bytes(), trigger, msg.as_bytes());
         }

@@ -141,7 +141,6 @@ fn try_init() -> Result<(), String> {
             rseq_offset,
             rseq_size,
             coordinator,
-            tree_root_pid,
         })
         .map_err(|_| "initialized twice".to_string())?;
 
@@ -157,6 +156,7 @@ fn try_init() -> Result<(), String> {
     }
     // An exec wrapper of the program we replaced may have blocked it for the exec window.
     sys::sigmask_set(libc::SIG_UNBLOCK, 1u64 << (signal - 1));
+    state::TREE_ROOT_PID.store(tree_root_pid, Ordering::SeqCst);
     if let Some(ns) = interval.filter(|_| tree_root_pid == pid) {
         let id = sys::timer_create_signal(libc::CLOCK_MONOTONIC, signal)
             .map_err(|e| format!("timer_create: errno {e}"))?;

@@ -66,7 +66,7 @@ fn from_outside(info: *const libc::siginfo_t, root: bool) -> bool {
 
 pub extern "C" fn on_term(sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_void) {
     let Some(rt) = RUNTIME.get() else { return };
-    let root = rt.tree_root_pid == sys::getpid();
+    let root = crate::state::is_tree_root();
     if rt.config.on_term == OnTerm::Off || !from_outside(info, root) {
         deliver(sig, info, uctx, OnTerm::Checkpoint);
         return;

@@ -69,11 +69,15 @@ pub(crate) fn after_restore(cap: &mut Capture, trigger: Trigger) {
     }
     // SAFETY: as above, only this thread writes it.
     unsafe { core::ptr::write_volatile(RESTORE_INFO.get(), crate::state::RestoreInfo([0; 4])) };
+    // The root restored alone runs under the restart's PID: it is still the root.
+    if crate::state::TREE_ROOT_PID.load(Ordering::SeqCst) == cap.pid {
+        crate::state::TREE_ROOT_PID.store(sys::getpid(), Ordering::SeqCst);
+    }
     if let Some(rt) = RUNTIME.get() {
         if let Some(ns) = rt
             .config
             .interval_ns
-            .filter(|_| rt.tree_root_pid == sys::getpid())
+            .filter(|_| crate::state::is_tree_root())
         {
             if let Ok(id) = sys::timer_create_signal(libc::CLOCK_MONOTONIC, rt.config.signal) {
                 TIMER_ID.store(id, Ordering::SeqCst);

@@ -293,9 +293,17 @@ pub struct Runtime {
     pub rseq_size: u32,
     /// How to start `forkpoint checkpoint --tree` for this process's own tree checkpoints.
     pub coordinator: Option<crate::coordinator::CoordinatorExec>,
-    /// The PID of the process whose interval timer checkpoints the tree (0: not this one's
-    /// tree root; a forked child inherits its parent's value, which is not its PID).
-    pub tree_root_pid: i32,
+}
+
+/// The PID of the tree's root, the process whose interval timer and SIGTERM checkpoint the
+/// tree, if that is this process (0: a member; a child forked from the root inherits the
+/// root's PID, which is not its own). A single-process restart gives the process another
+/// PID: `restored` moves it along.
+pub static TREE_ROOT_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Whether this process is its tree's root.
+pub fn is_tree_root() -> bool {
+    TREE_ROOT_PID.load(Ordering::SeqCst) == crate::sys::getpid()
 }
 
 pub static RUNTIME: OnceLock<Runtime> = OnceLock::new();

@@ -426,7 +426,8 @@ fn slurm_recipe_preempted_and_requeued() {
 
 /// The systemd unit (examples/systemd/forkpoint-job.service): its ExecStart, with the
 /// unit's paths replaced by the test's, stopped as systemd stops it (KillMode=mixed: SIGTERM
-/// to the main process, SIGKILL after TimeoutStopSec) and started again: the job resumes.
+/// to the main process, SIGKILL after TimeoutStopSec) and started again, twice: the job
+/// resumes, is checkpointed again by its second stop, and ends as an uninterrupted run.
 #[test]
 fn systemd_unit_stopped_and_started_again() {
     let t = TestDir::new("preempt_systemd");
@@ -486,10 +487,45 @@ fn systemd_unit_stopped_and_started_again() {
         "{st}\n{err}"
     );
     assert_eq!(images_in(&run.join("images")), ["job.fpk"]);
-    fs::write(run.join("go"), "").unwrap();
+    // Started again, the restored job (under another PID now) is stopped again before it
+    // gets past its hold step: it is still the one that checkpoints on SIGTERM.
+    let image = run.join("images/job.fpk");
+    let first_cut = info_json(&image)["metadata"]["checkpoint"]["time_unix_ns"].clone();
     let mut second = start("second");
-    let st = second.wait(WAIT);
+    // Once the restore has handed over (before that, the loader dies of a SIGTERM and the
+    // image stays the first one).
+    let pid = second.pid;
+    // (The restored program catches SIGTERM, the loader does not.)
+    wait_until("the restored job to run", WAIT, || {
+        fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+        })
+    });
+    let (st, in_grace) = term_then_kill(&mut second, &[], grace);
     let err = read_lossy(&run.join("second.err"));
+    assert!(
+        in_grace && st.signal() == Some(libc::SIGTERM),
+        "{st}\n{err}"
+    );
+    // The restored job writes on into the first run's stderr (a file it reopened).
+    let first_err = read_lossy(&run.join("first.err"));
+    assert!(
+        first_err.contains("SIGTERM: checkpoint durable after"),
+        "{first_err}"
+    );
+    let info = info_json(&image);
+    assert_ne!(
+        info["metadata"]["checkpoint"]["time_unix_ns"], first_cut,
+        "{info}"
+    );
+    assert_eq!(info["metadata"]["checkpoint"]["generation"], 1, "{info}");
+    fs::write(run.join("go"), "").unwrap();
+    let mut third = start("third");
+    let st = third.wait(WAIT);
+    let err = read_lossy(&run.join("third.err"));
     assert!(st.success(), "{st}\n{err}");
     assert_eq!(read_lossy(&run.join("prog.out")), expected);
 }
