@@ -18,7 +18,7 @@
 //! locks. [`wait_for_tree_checkpoint`] runs in the thread that called the API or in the SIGTERM
 //! handler, with the same rules.
 
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::path::{Path, PathBuf};
 
 use crate::config::LogLevel;
@@ -38,8 +38,6 @@ const WAITER_TERM: u8 = 2;
 /// Set in a process restored from a checkpoint its coordinator took: the API's wait then
 /// returns "restarted".
 static COORD_RESTORED: AtomicBool = AtomicBool::new(false);
-/// The last coordinator's (pid << 32 | wait status), for the log.
-static LAST_COORD: AtomicU64 = AtomicU64::new(0);
 
 /// How to start the coordinator, prepared at init: the command and the environment it gets
 /// (ours without `LD_PRELOAD`: the command is not a member and must not load the library).
@@ -219,7 +217,6 @@ fn reap(pid: i32, nohang: bool) -> Option<i32> {
         match sys::wait_clone(pid, nohang) {
             Ok((p, status)) if p == pid => {
                 COORD_PID.store(0, Ordering::SeqCst);
-                LAST_COORD.store((pid as u64) << 32 | status as u32 as u64, Ordering::SeqCst);
                 if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
                     let mut l = Line::new();
                     l.str("tree checkpoint failed (coordinator ")
@@ -310,7 +307,6 @@ pub fn wait_for_tree_checkpoint(trigger: Trigger) -> i32 {
         match sys::wait_clone(pid, false) {
             Ok((p, status)) if p == pid => {
                 COORD_PID.store(0, Ordering::SeqCst);
-                LAST_COORD.store((pid as u64) << 32 | status as u32 as u64, Ordering::SeqCst);
                 break if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
                     0
                 } else {

@@ -95,7 +95,12 @@ pub extern "C" fn on_term(sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_voi
             l.str("checkpoint durable after ").u64(ms).str(" ms");
             if rt.config.name.is_some() || !sys::has_children() {
                 l.str(" (");
-                image_path(&mut l, rt);
+                crate::writer::default_image_path(
+                    &mut l,
+                    rt,
+                    sys::getpid(),
+                    SEQ.load(Ordering::SeqCst),
+                );
                 l.str(")");
             }
         }
@@ -108,21 +113,6 @@ pub extern "C" fn on_term(sig: i32, info: *mut libc::siginfo_t, uctx: *mut c_voi
     l.str("; SIGTERM goes on to the program\n");
     let _ = sys::write_all(2, l.as_bytes());
     deliver(sig, info, uctx, rt.config.on_term);
-}
-
-/// The image this process's checkpoint was written to (as the writer names it).
-fn image_path(l: &mut FixBuf<4200>, rt: &crate::state::Runtime) {
-    l.str(&rt.config.dir).str("/");
-    match &rt.config.name {
-        Some(n) => l.str(n),
-        None => l
-            .str(&rt.prog)
-            .str(".")
-            .i64(sys::getpid() as i64)
-            .str(".")
-            .u64(SEQ.load(Ordering::SeqCst)),
-    };
-    l.str(".fpk");
 }
 
 fn own_checkpoint(uctx: *mut c_void) -> Outcome {

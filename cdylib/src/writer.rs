@@ -168,24 +168,19 @@ fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
             }
         }
     }
-    if let Some(name) = &rt.config.name {
-        // A stable name for the job (`--name`): each checkpoint replaces the last.
-        cap.out_path
-            .str(&rt.config.dir)
-            .str("/")
-            .str(name)
-            .str(".fpk");
-        return;
-    }
-    cap.out_path
-        .str(&rt.config.dir)
-        .str("/")
-        .str(&rt.prog)
-        .str(".")
-        .i64(pid as i64)
-        .str(".")
-        .u64(cap.seq)
-        .str(".fpk");
+    default_image_path(&mut cap.out_path, rt, pid, cap.seq);
+}
+
+/// Where checkpoint `seq` of process `pid` goes without `--output`: `DIR/NAME.fpk` with a
+/// stable name for the job (`--name`: each checkpoint replaces the last), else
+/// `DIR/PROG.PID.SEQ.fpk`.
+pub fn default_image_path<const N: usize>(out: &mut FixBuf<N>, rt: &Runtime, pid: i32, seq: u64) {
+    out.str(&rt.config.dir).str("/");
+    match &rt.config.name {
+        Some(name) => out.str(name),
+        None => out.str(&rt.prog).str(".").i64(pid as i64).str(".").u64(seq),
+    };
+    out.str(".fpk");
 }
 
 /// Sequential output to the temporary image file.
