@@ -16,6 +16,48 @@ use crate::harness::*;
 const JOB_C: &str = include_str!("../programs/preempt_job.c");
 const TREE_API_C: &str = include_str!("../programs/tree_api.c");
 
+/// The job of the Slurm tests, `tree_api 60 0 DIR/go 50`: a parent and a worker child
+/// with numbers in flight between them, holding at step 50.
+struct TreeJob {
+    exe: PathBuf,
+}
+
+impl TreeJob {
+    fn new(t: &TestDir) -> TreeJob {
+        TreeJob {
+            exe: compile_c(&t.path, "tree_api", TREE_API_C),
+        }
+    }
+
+    fn argv(&self, dir: &Path) -> Vec<OsString> {
+        vec![
+            self.exe.clone().into(),
+            "60".into(),
+            "0".into(),
+            dir.join("go").into(),
+            "50".into(),
+        ]
+    }
+
+    /// Its stdout run to the end without forkpoint.
+    fn expected(&self, t: &TestDir) -> String {
+        let dir = t.sub("ref");
+        fs::write(dir.join("go"), "").unwrap();
+        let io = Io::in_dir(&dir, "prog");
+        run_reference(&self.argv(&dir), &dir, &io);
+        read_lossy(&io.stdout)
+    }
+}
+
+/// PATH with the `forkpoint` under test first (the recipes call `forkpoint`).
+fn path_with_forkpoint() -> String {
+    format!(
+        "{}:{}",
+        forkpoint().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// `preempt_job STEPS HOLD DIR/go [handler]`.
 struct Job {
     exe: PathBuf,
@@ -332,33 +374,16 @@ fn term_then_kill(p: &mut Proc, also: &[i32], grace: Duration) -> (ExitStatus, b
 #[test]
 fn slurm_recipe_preempted_and_requeued() {
     let t = TestDir::new("preempt_slurm");
-    let exe = compile_c(&t.path, "tree_api", TREE_API_C);
+    let job = TreeJob::new(&t);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/job.sbatch");
     let recipe = fs::read_to_string(&script).unwrap();
     assert!(recipe.contains("#SBATCH --signal=B:TERM@30"), "{recipe}");
     let grace = Duration::from_secs(30);
-    let argv = |dir: &Path| -> Vec<OsString> {
-        vec![
-            exe.clone().into(),
-            "60".into(),
-            "0".into(),
-            dir.join("go").into(),
-            "50".into(),
-        ]
-    };
-    let reference = t.sub("ref");
-    fs::write(reference.join("go"), "").unwrap();
-    let ref_io = Io::in_dir(&reference, "prog");
-    run_reference(&argv(&reference), &reference, &ref_io);
-    let expected = read_lossy(&ref_io.stdout);
+    let expected = job.expected(&t);
 
     let (run, rt) = (t.sub("run"), t.join("rt"));
     let images = run.join("forkpoint-images/job");
-    let path = format!(
-        "{}:{}",
-        forkpoint().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_forkpoint();
     // Slurm's output file, opened for appending (--open-mode=append) by each run.
     let job_run = |what: &str| -> Proc {
         library();
@@ -374,7 +399,7 @@ fn slurm_recipe_preempted_and_requeued() {
             .unwrap();
         let mut cmd = Command::new("bash");
         cmd.arg(&script)
-            .args(argv(&run))
+            .args(job.argv(&run))
             .current_dir(&run)
             .env("PATH", &path)
             .env("SLURM_SUBMIT_DIR", &run)
@@ -411,7 +436,7 @@ fn slurm_recipe_preempted_and_requeued() {
     wait_until("the first run's child to end", WAIT, || {
         !fs::read_dir("/proc").unwrap().flatten().any(|e| {
             fs::read_to_string(e.path().join("cmdline"))
-                .is_ok_and(|c| c.starts_with(&format!("{}\0", exe.display())))
+                .is_ok_and(|c| c.starts_with(&format!("{}\0", job.exe.display())))
         })
     });
 
@@ -561,38 +586,13 @@ fn real_slurm_requeue_resumes_the_job() {
         return;
     }
     let t = TestDir::new("preempt_real_slurm");
-    let exe = compile_c(&t.path, "tree_api", TREE_API_C);
+    let job = TreeJob::new(&t);
     let run = t.sub("run");
-    let argv = |dir: &Path| -> Vec<String> {
-        [
-            exe.display().to_string(),
-            "60".into(),
-            "0".into(),
-            dir.join("go").display().to_string(),
-            "50".into(),
-        ]
-        .to_vec()
-    };
-    let reference = t.sub("ref");
-    fs::write(reference.join("go"), "").unwrap();
-    let ref_io = Io::in_dir(&reference, "prog");
-    run_reference(
-        &argv(&reference)
-            .into_iter()
-            .map(OsString::from)
-            .collect::<Vec<_>>(),
-        &reference,
-        &ref_io,
-    );
-    let expected = read_lossy(&ref_io.stdout);
+    let expected = job.expected(&t);
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/job.sbatch");
     library();
-    let path = format!(
-        "{}:{}",
-        forkpoint().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_forkpoint();
     let out = run.join("slurm.out");
     let mut sbatch = Command::new("sbatch");
     sbatch
@@ -600,7 +600,7 @@ fn real_slurm_requeue_resumes_the_job() {
         .arg("--job-name=forkpoint-e2e")
         .arg(format!("--output={}", out.display()))
         .arg(&script)
-        .args(argv(&run))
+        .args(job.argv(&run))
         .current_dir(&run)
         .env("PATH", &path)
         .env("FORKPOINT_RUNTIME_DIR", t.join("rt"))
