@@ -88,6 +88,14 @@ enum Command {
         /// descriptor restored as /dev/null or approximated, a mapping of a vanished file).
         #[arg(long)]
         strict: bool,
+        /// Run the program before its memory is filled: a helper fills pages on demand and
+        /// in the background (the default with FORKPOINT_RESTART=lazy; needs CAP_SYS_PTRACE,
+        /// otherwise the restore is eager). See docs/cli.md.
+        #[arg(long, conflicts_with = "eager")]
+        lazy: bool,
+        /// Fill all memory before the program runs, whatever FORKPOINT_RESTART says.
+        #[arg(long)]
+        eager: bool,
         /// The image file.
         #[arg(value_name = "IMAGE")]
         image: PathBuf,
@@ -211,12 +219,15 @@ fn main() -> ExitCode {
             verbose,
             allow_foreign_owner,
             strict,
+            lazy,
+            eager,
             image,
         } => {
             let opts = forkpoint_restart_loader::RestoreOptions {
                 verbose,
                 allow_foreign_owner,
                 strict,
+                lazy: lazy || (!eager && lazy_by_default()),
             };
             let err = match forkpoint_restart_loader::restore(&image, &opts) {
                 Ok(never) => match never {},
@@ -243,6 +254,11 @@ fn main() -> ExitCode {
             ExitCode::from(e.code)
         }
     }
+}
+
+/// `FORKPOINT_RESTART=lazy` makes lazy restarts the default (`eager`, unset: eager).
+pub fn lazy_by_default() -> bool {
+    std::env::var("FORKPOINT_RESTART").is_ok_and(|v| v.trim() == "lazy")
 }
 
 #[cfg(test)]

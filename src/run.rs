@@ -92,7 +92,13 @@ pub fn run(args: &RunArgs) -> Result<std::convert::Infallible, CliError> {
             .map_err(|e| CliError::new(format!("--resume-from {}: {e}", from.display())))?;
         if let Some(image) = crate::images::newest_valid(from)? {
             eprintln!("forkpoint: resuming from {}", image.display());
-            let err = match forkpoint_restart_loader::restore(&image, &Default::default()) {
+            let err = match forkpoint_restart_loader::restore(
+                &image,
+                &forkpoint_restart_loader::RestoreOptions {
+                    lazy: crate::lazy_by_default(),
+                    ..Default::default()
+                },
+            ) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };

@@ -84,7 +84,12 @@ const COORDINATOR_COMM: &str = "fp-coordinator";
 /// starts it, through a helper process, to checkpoint the tree).
 pub fn tree_of(root: i32, all: &[ProcStat]) -> Vec<ProcStat> {
     let me = std::process::id() as i32;
-    let ours = |p: &ProcStat| p.comm == WRITER_COMM || p.comm == COORDINATOR_COMM || p.pid == me;
+    let ours = |p: &ProcStat| {
+        p.comm == WRITER_COMM
+            || p.comm == COORDINATOR_COMM
+            || p.comm == forkpoint_restart_loader::lazy::HELPER_COMM
+            || p.pid == me
+    };
     let mut out: Vec<ProcStat> = all.iter().filter(|p| p.pid == root).cloned().collect();
     let mut i = 0;
     while i < out.len() {

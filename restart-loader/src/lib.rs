@@ -12,6 +12,9 @@
 mod blob;
 #[allow(unsafe_code)] // descriptors created and moved with raw syscalls
 mod fds;
+#[allow(unsafe_code)] // userfaultfd, the helper's clone and its ioctls
+pub mod lazy;
+pub mod lazymap;
 pub mod plan;
 pub mod progress;
 #[allow(unsafe_code)] // writes into the staged memory of the program
@@ -39,6 +42,9 @@ pub struct RestoreOptions {
     pub allow_foreign_owner: bool,
     /// Refuse an image that holds anything not faithfully restorable.
     pub strict: bool,
+    /// Hand over before the memory is filled: a helper fills it on demand and in the
+    /// background (`restart --lazy`). Where that is not possible, the restore is eager.
+    pub lazy: bool,
 }
 
 /// Why a restore was refused (before the point of no return) or failed (after it).
@@ -161,16 +167,41 @@ fn restore_process(
         "staging at {:#x}-{:#x}",
         layout.reservation.0, layout.reservation.1
     ));
+    let lazy = if opts.lazy {
+        start_lazy(path, img, &layout, member.is_some(), opts.verbose, t0)
+    } else {
+        None
+    };
+    if let Some(l) = &lazy {
+        say(&format!(
+            "lazy: {} of {} chunks filled after the hand-over, {} regions registered{}",
+            l.split.lazy_chunks(),
+            meta.chunks.len(),
+            l.split.regions.len(),
+            if l.working_set > 0 {
+                format!(
+                    ", {} chunks of the last working set filled first",
+                    l.working_set
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
 
     // Stage memory.
     stage::map_regions(meta, &layout, member.map(|m| &m.shared))?;
+    if let Some(l) = &lazy {
+        stage::no_huge_pages(&layout, &l.split.regions);
+    }
     let stage_map = stage::StageMap::new(meta, &layout);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     // One restoring process shows progress; a tree's members restore side by side.
     let show_progress = member.is_none();
-    let pages = stage::fill_regions(img, &stage_map, threads, show_progress)?;
+    let skip = lazy.as_ref().map(|l| l.split.lazy.as_slice());
+    let pages = stage::fill_regions(img, &stage_map, threads, show_progress, skip)?;
     say(&format!(
         "decompressed {pages} pages ({} MiB) on {threads} threads",
         (pages * PAGE_SIZE) >> 20
@@ -210,6 +241,20 @@ fn restore_process(
         })
         .flatten()
         .filter(|&fd| fd >= 0);
+    // A lazy restart: the blob registers the regions with the userfaultfd and closes the
+    // helper's start pipe, both held above the program's descriptors until then.
+    let lazy_fds = lazy.as_ref().map(|l| {
+        let above = base + prepared.fds.len() as i32 + 3;
+        (
+            sys::dup_above(l.uffd.as_raw_fd(), above),
+            sys::dup_above(l.started.ready.as_raw_fd(), above),
+        )
+    });
+    if lazy_fds.is_some_and(|(u, r)| u < 0 || r < 0) {
+        return Err(RestoreError::Failed(
+            "cannot keep the userfaultfd for the restore program".into(),
+        ));
+    }
     let mm_restore = verify::mm_restore();
     let loader_mm = sys::current_mm();
     verify::check_loader_layout(mm_restore, loader_mm[4], meta.mm.start_brk)?;
@@ -240,6 +285,14 @@ fn restore_process(
         fail_step,
         mm_restore,
         loader_mm,
+        lazy: lazy
+            .as_ref()
+            .zip(lazy_fds)
+            .map(|(l, (uffd, ready_fd))| plan::LazyRegistration {
+                uffd,
+                ready_fd,
+                regions: &l.split.regions,
+            }),
     };
     let data_at = layout.blob_start + PAGE_SIZE;
     let data = plan::build_program(&inputs, data_at).map_err(RestoreError::Refused)?;
@@ -278,7 +331,11 @@ fn restore_process(
     // The image descriptor is closed with every other descriptor the program did not have.
 
     // Point of no return: descriptors, process attributes, signals, then the blob.
-    let keep: Vec<i32> = [Some(err_fd), exe_fd].into_iter().flatten().collect();
+    let keep: Vec<i32> = [Some(err_fd), exe_fd]
+        .into_iter()
+        .flatten()
+        .chain(lazy_fds.into_iter().flat_map(|(u, r)| [u, r]))
+        .collect();
     hand_over(HandOver {
         meta,
         prepared,
@@ -292,6 +349,79 @@ fn restore_process(
         program: data_at + data.program_offset as u64,
     })
 }
+
+/// A lazy restart under way: what was split off, the helper's start pipe, the userfaultfd.
+struct Lazy {
+    split: plan::LazySplit,
+    working_set: usize,
+    uffd: std::os::fd::OwnedFd,
+    started: lazy::Started,
+}
+
+/// Opens the userfaultfd and starts the helper, or says why not (the restore is then eager:
+/// a lazy restart is an optimisation, never a reason to refuse).
+fn start_lazy(
+    path: &Path,
+    img: &ImageFile,
+    layout: &plan::Layout,
+    in_tree: bool,
+    verbose: bool,
+    t0: Instant,
+) -> Option<Lazy> {
+    let eager = |why: &str| {
+        if verbose {
+            eprintln!("forkpoint restart: not lazy, restoring eagerly: {why}");
+        }
+    };
+    if in_tree {
+        eager("a process tree is restored eagerly");
+        return None;
+    }
+    let meta = &img.metadata;
+    let mut working_set = lazy::read_working_set(path, img);
+    // The working set is filled before the hand-over; a bound keeps that short.
+    let mut bytes = 0u64;
+    working_set.retain(|&c| {
+        bytes += meta.chunks[c].raw_len;
+        bytes <= WORKING_SET_LIMIT
+    });
+    let split = plan::split_lazy(meta, layout, &plan::pages_needed_first(meta), &working_set);
+    if split.lazy_chunks() == 0 {
+        eager("no chunk of the image can be filled after the hand-over");
+        return None;
+    }
+    let uffd = match lazy::open_userfaultfd() {
+        Ok(fd) => fd,
+        Err(why) => {
+            eager(&why);
+            return None;
+        }
+    };
+    let started = lazy::start_helper(&lazy::HelperInputs {
+        img,
+        image_path: path,
+        split: &split,
+        working_set: &working_set,
+        uffd: &uffd,
+        verbose,
+        t0,
+    });
+    match started {
+        Ok(started) => Some(Lazy {
+            working_set: working_set.len(),
+            split,
+            uffd,
+            started,
+        }),
+        Err(why) => {
+            eager(&why);
+            None
+        }
+    }
+}
+
+/// At most this much of the last working set is filled before a lazy hand-over.
+const WORKING_SET_LIMIT: u64 = 256 << 20;
 
 /// Past the point of no return the descriptor table is the program's: an error cannot go
 /// back to the CLI (it would print on the program's descriptors and exit as if the restart

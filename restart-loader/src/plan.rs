@@ -226,6 +226,19 @@ pub struct ProgramInputs<'a> {
     /// `PR_SET_MM_*` operations start from ([`crate::sys::current_mm`]).
     pub mm_restore: crate::verify::MmRestore,
     pub loader_mm: [u64; 10],
+    /// A lazy restart: the regions the blob registers with the helper's userfaultfd once
+    /// they are in place.
+    pub lazy: Option<LazyRegistration<'a>>,
+}
+
+/// What the blob needs to hand the lazy regions to the helper.
+#[derive(Debug, Clone, Copy)]
+pub struct LazyRegistration<'a> {
+    pub uffd: i32,
+    /// The write end of the pipe the helper waits on: closed once the regions are
+    /// registered, it tells the helper to start the background fill.
+    pub ready_fd: i32,
+    pub regions: &'a [(u64, u64)],
 }
 
 /// The single `PR_SET_MM_*` operations (value, name) that move the loader's mm fields `cur`
@@ -287,6 +300,10 @@ const SYS_SET_TID_ADDRESS: u64 = 218;
 const SYS_SET_ROBUST_LIST: u64 = 273;
 const SYS_RSEQ: u64 = 334;
 const SYS_CLOSE: u64 = 3;
+const SYS_IOCTL: u64 = 16;
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+pub const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 const SYS_CLONE: u64 = 56;
 const SYS_SCHED_SETAFFINITY: u64 = 203;
 const SYS_SCHED_SETSCHEDULER: u64 = 144;
@@ -594,6 +611,33 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
         );
     }
 
+    // 3b. A lazy restart: the regions still missing pages go to the helper, before anything
+    //     touches them. Without the registration a missing page would read as zero: fatal.
+    if let Some(lazy) = &inp.lazy {
+        for &(start, end) in lazy.regions {
+            let reg = words(&[start, end - start, UFFDIO_REGISTER_MODE_MISSING, 0]);
+            let at = d.put(&reg, 8);
+            steps.add(
+                SYS_IOCTL,
+                [lazy.uffd as u64, UFFDIO_REGISTER, at, 0, 0, 0],
+                0,
+                format!("userfaultfd registration of {start:#x}-{end:#x}"),
+            );
+        }
+        steps.add(
+            SYS_CLOSE,
+            [lazy.uffd as u64, 0, 0, 0, 0, 0],
+            MAY_FAIL,
+            "close of the loader's userfaultfd".into(),
+        );
+        steps.add(
+            SYS_CLOSE,
+            [lazy.ready_fd as u64, 0, 0, 0, 0, 0],
+            MAY_FAIL,
+            "close of the lazy helper's start pipe".into(),
+        );
+    }
+
     // 4. The mm fields: brk, argv/env (what ps shows), auxv. Refused in some setups: go on.
     let mm = &meta.mm;
     let auxv_bytes = words(&mm.auxv);
@@ -814,16 +858,127 @@ pub fn build_program(inp: &ProgramInputs<'_>, base: u64) -> Result<BlobData, Str
     })
 }
 
+/// A lazy restart's split of the chunks: the ones filled before the hand-over and the ones
+/// the helper fills after it, on demand or in the background.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LazySplit {
+    /// Per chunk: filled after the hand-over.
+    pub lazy: Vec<bool>,
+    /// Target ranges registered with userfaultfd: each private anonymous region that holds
+    /// a lazy chunk, whole (its pages stored nowhere are zero-filled on fault).
+    pub regions: Vec<(u64, u64)>,
+}
+
+impl LazySplit {
+    pub fn lazy_chunks(&self) -> usize {
+        self.lazy.iter().filter(|&&l| l).count()
+    }
+}
+
+/// Ranges whose pages must be in place before the hand-over: what the loader reads or
+/// writes itself (the restore block, the thread table, the TID words) and ranges with
+/// memory advice (`mlock` faults its pages in; `wipeonfork` must not be filled in a child).
+pub fn pages_needed_first(meta: &Metadata) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let lib = &meta.library;
+    if lib.restore_info_addr != 0 {
+        out.push((
+            lib.restore_info_addr,
+            forkpoint_image::restore_info::LEN as u64,
+        ));
+    }
+    if lib.thread_table_addr != 0 {
+        let len = (lib.thread_table_len as u64 + 1) * thread_table::ENTRY_LEN as u64;
+        out.push((lib.thread_table_addr, len));
+    }
+    for t in &meta.threads {
+        if t.tid_address != 0 {
+            out.push((t.tid_address, 4));
+        }
+    }
+    for a in &meta.memory_advice {
+        out.push((a.start, a.len));
+    }
+    out
+}
+
+/// Splits the chunks for a lazy restart. A chunk is lazy when all its runs lie in private
+/// anonymous regions (userfaultfd fills only anonymous memory; file-backed and shared ones
+/// are filled first), none of its pages is in `needed`, and it is not in `working_set`
+/// (the chunks the last lazy restart of this image faulted first: they are wanted at once).
+pub fn split_lazy(
+    meta: &Metadata,
+    layout: &Layout,
+    needed: &[(u64, u64)],
+    working_set: &[usize],
+) -> LazySplit {
+    let mut staged: Vec<(u64, u64, usize)> = layout
+        .staged
+        .iter()
+        .map(|s| (s.target_start, s.target_end, s.mapping))
+        .collect();
+    staged.sort_unstable();
+    let region_of = |addr: u64| -> Option<(u64, u64, usize)> {
+        let i = staged.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let s = staged[i];
+        (addr < s.1).then_some(s)
+    };
+    let anonymous = |m: &Mapping| {
+        matches!(
+            m.kind,
+            MappingKind::Anonymous | MappingKind::Heap | MappingKind::Stack
+        ) && m.memory_object.is_none()
+    };
+    let page_down = |a: u64| a & !(PAGE_SIZE - 1);
+    let needed: Vec<(u64, u64)> = needed
+        .iter()
+        .filter(|r| r.1 > 0)
+        .map(|&(a, l)| (page_down(a), a.saturating_add(l)))
+        .collect();
+    let mut split = LazySplit {
+        lazy: vec![false; meta.chunks.len()],
+        regions: Vec::new(),
+    };
+    for (i, c) in meta.chunks.iter().enumerate() {
+        if working_set.contains(&i) || c.runs.is_empty() {
+            continue;
+        }
+        let mut regions = Vec::new();
+        let ok = c.runs.iter().all(|r| {
+            let end = r.addr.saturating_add(r.pages.saturating_mul(PAGE_SIZE));
+            let Some((s, e, m)) = region_of(r.addr) else {
+                return false;
+            };
+            regions.push((s, e));
+            end <= e
+                && anonymous(&meta.mappings[m])
+                && !needed.iter().any(|&n| overlaps((r.addr, end), n))
+        });
+        if ok {
+            split.lazy[i] = true;
+            split.regions.extend(regions);
+        }
+    }
+    split.regions.sort_unstable();
+    split.regions.dedup();
+    split
+}
+
 /// Upper bound on the data area `build_program` produces, to size the blob region first.
 pub fn data_len_bound(meta: &Metadata) -> u64 {
-    let n_ops = meta.mappings.len() as u64 * 2 + 32 + meta.threads.len() as u64 * 10;
+    // Per mapping: its move and, lazy, its registration (32 bytes of data).
+    let n_ops = meta.mappings.len() as u64 * 3 + 36 + meta.threads.len() as u64 * 10;
     let per_thread: u64 = meta
         .threads
         .iter()
         .map(|t| UCONTEXT_LEN as u64 + 64 + 32 + 16 + t.affinity.len() as u64 * 8)
         .sum();
     let frames = per_thread;
-    n_ops * (OP_WORDS as u64 * 8 + 300) + frames + meta.mm.auxv.len() as u64 * 8 + 4096
+    n_ops * (OP_WORDS as u64 * 8 + 300)
+        + meta.mappings.len() as u64 * 32
+        + frames
+        + meta.mm.auxv.len() as u64 * 8
+        + 4096
 }
 
 #[cfg(test)]

@@ -148,9 +148,14 @@ pub fn fill_regions(
     stage: &StageMap,
     threads: usize,
     show_progress: bool,
+    skip: Option<&[bool]>,
 ) -> Result<u64, RestoreError> {
     let chunks = &img.metadata.chunks;
-    let total: u64 = chunks.iter().map(|c| c.raw_len).sum();
+    // A lazy restart fills the chunks it skips here after the hand-over.
+    let todo: Vec<usize> = (0..chunks.len())
+        .filter(|&i| !skip.is_some_and(|s| s.get(i).copied().unwrap_or(false)))
+        .collect();
+    let total: u64 = todo.iter().map(|&i| chunks[i].raw_len).sum();
     let done = AtomicU64::new(0);
     let (progress_stop, progress_rx) = std::sync::mpsc::channel::<()>();
     let next = AtomicUsize::new(0);
@@ -180,15 +185,16 @@ pub fn fill_regions(
             })
         });
         let mut handles = Vec::new();
-        for _ in 0..threads.max(1).min(chunks.len().max(1)) {
+        for _ in 0..threads.max(1).min(todo.len().max(1)) {
             handles.push(scope.spawn(|| {
                 let mut reader = ChunkReader::new();
                 let mut out = Vec::new();
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunks.len() || error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= todo.len() || error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         break;
                     }
+                    let i = todo[k];
                     let c = &chunks[i];
                     let fail =
                         |msg: String| *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
@@ -325,6 +331,19 @@ pub fn patch(
         put(end, &0u64.to_le_bytes())?;
     }
     Ok(())
+}
+
+/// No transparent huge pages in the staged regions a lazy restart registers: a huge page
+/// faulted in by an early-filled chunk would make its neighbours present (zero), and the
+/// helper could not copy their contents in any more.
+pub fn no_huge_pages(layout: &Layout, regions: &[(u64, u64)]) {
+    for s in &layout.staged {
+        if regions.contains(&(s.target_start, s.target_end)) {
+            let len = (s.target_end - s.target_start) as usize;
+            // SAFETY: staged memory of ours; only its paging property changes.
+            unsafe { libc::madvise(s.staged_at as *mut _, len, libc::MADV_NOHUGEPAGE) };
+        }
+    }
 }
 
 /// Final protections of the staged regions (shared file mappings already have theirs).
