@@ -324,6 +324,65 @@ pub(crate) fn drop_shared_copies(cap: &mut Capture) {
     cap.n_shared_copies = 0;
 }
 
+/// A process restored lazily whose helper still fills pages: the writer would find them
+/// missing and leave them out of the image. So the checkpoint waits, the program running on
+/// meanwhile, until no mapping is registered with the helper's userfaultfd any more (smaps
+/// flag `um`), at most [`LAZY_FILL_WAIT_NS`].
+// The error is a fixed buffer on purpose: nothing here may allocate.
+#[allow(clippy::result_large_err)]
+pub(crate) fn wait_for_lazy_fill(cap: &mut Capture) -> Result<(), Line> {
+    if !crate::state::LAZY_FILL_PENDING.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let deadline = sys::monotonic_ns() + LAZY_FILL_WAIT_NS;
+    let mut msg = Line::new();
+    loop {
+        let fd = match sys::open(b"/proc/self/smaps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+            Ok(fd) => fd,
+            Err(e) => {
+                msg.str("cannot read /proc/self/smaps to see whether the lazy restart's fill is done: errno ")
+                    .i64(e as i64);
+                return Err(msg);
+            }
+        };
+        let mut scanner = procfs::ForkAdviceScanner::new();
+        let mut read_error = 0;
+        loop {
+            match sys::read(fd, &mut cap.smaps_chunk) {
+                Ok(0) => break,
+                Ok(k) => scanner.feed(&cap.smaps_chunk[..k], &mut |_, _, _| {}),
+                Err(e) if e == libc::EINTR => continue,
+                Err(e) => {
+                    read_error = e;
+                    break;
+                }
+            }
+        }
+        scanner.finish(&mut |_, _, _| {});
+        sys::close(fd);
+        if read_error != 0 {
+            msg.str("cannot read /proc/self/smaps to see whether the lazy restart's fill is done: errno ")
+                .i64(read_error as i64);
+            return Err(msg);
+        }
+        if !scanner.missing_tracked {
+            crate::state::LAZY_FILL_PENDING.store(false, Ordering::SeqCst);
+            return Ok(());
+        }
+        if sys::monotonic_ns() > deadline {
+            msg.str("the lazy restart's background fill is not done after ")
+                .u64(LAZY_FILL_WAIT_NS / 1_000_000_000)
+                .str(" s (pages still missing would be left out of the image)");
+            return Err(msg);
+        }
+        let idle = core::sync::atomic::AtomicU32::new(0);
+        sys::futex_wait(&idle, 0, 2_000_000);
+    }
+}
+
+/// How long a checkpoint waits for a lazy restart's fill.
+const LAZY_FILL_WAIT_NS: u64 = 120_000_000_000;
+
 /// Ranges the application keeps out of forks (MADV_DONTFORK) or wiped in them
 /// (MADV_WIPEONFORK) are made ordinary for our fork, so the writer sees them. Which ranges
 /// they are is read from /proc/self/smaps (exact, whatever the application did since its

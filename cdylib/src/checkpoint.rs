@@ -246,6 +246,13 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
         return;
     }
 
+    // Restored lazily: the pages must all be in before the writer looks for them.
+    if let Err(msg) = crate::capture::wait_for_lazy_fill(leader.state().0) {
+        fail(report_path.as_bytes(), trigger, msg.as_bytes());
+        finish_checkpoint(leader);
+        return;
+    }
+
     // A member of a tree checkpoint: `forkpoint checkpoint` left a barrier for it.
     let barrier = match trigger {
         Trigger::Request => Barrier::open(pid, id),

@@ -236,6 +236,9 @@ pub struct ForkAdviceScanner {
     line: [u8; SCAN_LINE],
     len: usize,
     range: Option<(u64, u64)>,
+    /// Some mapping has `um`: registered with a userfaultfd for missing pages (a lazy
+    /// restore's helper still fills it).
+    pub missing_tracked: bool,
 }
 
 impl Default for ForkAdviceScanner {
@@ -250,6 +253,7 @@ impl ForkAdviceScanner {
             line: [0; SCAN_LINE],
             len: 0,
             range: None,
+            missing_tracked: false,
         }
     }
 
@@ -281,6 +285,7 @@ impl ForkAdviceScanner {
                 for f in &mut flags {
                     dc |= f == b"dc";
                     wf |= f == b"wf";
+                    self.missing_tracked |= f == b"um";
                 }
                 if dc {
                     found(start, end, false);
@@ -456,7 +461,7 @@ Size:                  8 kB
 VmFlags: rd wr mr mw me dc nr 
 3000-4000 rw-p 00000000 00:00 0                          [heap]
 Rss:                   4 kB
-VmFlags: rd wr mr mw me ac 
+VmFlags: rd wr mr mw me ac um 
 7f00-8000 rw-p 00000000 00:00 0 
 VmFlags: rd wr mr mw me wf dc";
         let expect = vec![
@@ -474,6 +479,7 @@ VmFlags: rd wr mr mw me wf dc";
             }
             sc.finish(&mut f);
             assert_eq!(got, expect, "chunk {chunk}");
+            assert!(sc.missing_tracked, "chunk {chunk}");
         }
     }
 
@@ -487,6 +493,7 @@ VmFlags: rd wr mr mw me wf dc";
         let mut sc = ForkAdviceScanner::new();
         sc.feed(long.as_bytes(), &mut |s, e, w| got.push((s, e, w)));
         assert_eq!(got, vec![(0x1000, 0x2000, false)]);
+        assert!(!sc.missing_tracked);
         // Garbage and a flags line without a header find nothing.
         let mut sc = ForkAdviceScanner::new();
         sc.feed(

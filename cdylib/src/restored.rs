@@ -45,7 +45,9 @@ pub(crate) fn after_restore(cap: &mut Capture, trigger: Trigger) {
     // SAFETY: the loader wrote RESTORE_INFO before the process resumed; nothing else writes it.
     let info = unsafe { core::ptr::read_volatile(RESTORE_INFO.get()) };
     SEQ.store(cap.seq, Ordering::SeqCst);
-    let from_loader = info.0[0] == forkpoint_image::restore_info::MAGIC;
+    let lazy = info.0[0] == forkpoint_image::restore_info::MAGIC_LAZY;
+    let from_loader = info.0[0] == forkpoint_image::restore_info::MAGIC || lazy;
+    crate::state::LAZY_FILL_PENDING.store(lazy, Ordering::SeqCst);
     let generation = if from_loader {
         info.0[1]
     } else {

@@ -301,6 +301,10 @@ pub struct Runtime {
 /// PID: `restored` moves it along.
 pub static TREE_ROOT_PID: AtomicI32 = AtomicI32::new(0);
 
+/// Restored lazily, and the loader's helper may still be filling pages (the smaps flag
+/// `um` says so): a checkpoint waits for it. Cleared once no mapping has the flag.
+pub static LAZY_FILL_PENDING: AtomicBool = AtomicBool::new(false);
+
 /// Whether this process is its tree's root.
 pub fn is_tree_root() -> bool {
     TREE_ROOT_PID.load(Ordering::SeqCst) == crate::sys::getpid()

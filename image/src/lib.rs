@@ -108,6 +108,11 @@ pub mod tree_barrier {
 pub mod restore_info {
     /// `magic` value written by the loader.
     pub const MAGIC: u64 = 0x5245_5354_4f52_4544; // "RESTORED"
+    /// `magic` of a lazy restore: pages may still be missing, filled by the loader's helper
+    /// through userfaultfd. A checkpoint waits until none is (the writer would miss them).
+    /// An older library does not know it and takes the block as not written: it then keeps
+    /// the blob region mapped, nothing worse.
+    pub const MAGIC_LAZY: u64 = 0x5245_5354_4c41_5a59; // "RESTLAZY"
     pub const OFF_MAGIC: usize = 0;
     /// Incremented on every restore of the same lineage (copied from the image + 1).
     pub const OFF_GENERATION: usize = 8;

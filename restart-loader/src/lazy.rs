@@ -157,6 +157,9 @@ pub struct HelperInputs<'a> {
     pub uffd: &'a OwnedFd,
     pub verbose: bool,
     pub t0: Instant,
+    /// Tests only (debug builds, `FORKPOINT_TEST_LAZY_HOLD=1`): no background fill, every
+    /// page arrives on demand.
+    pub hold_fill: bool,
 }
 
 /// Starts the helper. The caller must be single-threaded.
@@ -386,6 +389,16 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
         }
         if fds[0].revents != 0 {
             // The program is gone.
+            if inp.verbose {
+                say(&format!(
+                    "forkpoint restart: [{:>7.2} ms] the program ended before the lazy fill \
+                     was done: {} pages faulted on demand (in {} chunks), {} zero pages\n",
+                    inp.t0.elapsed().as_secs_f64() * 1e3,
+                    h.fault_pages,
+                    h.faulted.len(),
+                    h.zero_pages
+                ));
+            }
             h.write_working_set(inp);
             return Ok(());
         }
@@ -393,9 +406,11 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
             // The blob registered the regions and closed its end: start filling.
             started = true;
             h.started_at = Some(Instant::now());
-            let (m, cv) = &*go;
-            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            cv.notify_all();
+            if !inp.hold_fill {
+                let (m, cv) = &*go;
+                *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                cv.notify_all();
+            }
         }
         let ready_targets: Vec<usize> = fds[2..]
             .iter()

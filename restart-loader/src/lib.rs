@@ -212,7 +212,7 @@ fn restore_process(
         layout.vdso_scratch,
         layout.reservation.1 - layout.vdso_scratch,
     );
-    stage::patch(meta, &stage_map, leftover, pid)?;
+    stage::patch(meta, &stage_map, leftover, pid, lazy.is_some())?;
     stage::protect(meta, &layout)?;
     let advice_warnings = stage::apply_memory_advice(meta, &stage_map);
 
@@ -405,6 +405,8 @@ fn start_lazy(
         uffd: &uffd,
         verbose,
         t0,
+        hold_fill: cfg!(debug_assertions)
+            && std::env::var_os("FORKPOINT_TEST_LAZY_HOLD").is_some_and(|v| v == "1"),
     });
     match started {
         Ok(started) => Some(Lazy {

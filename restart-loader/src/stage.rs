@@ -264,6 +264,7 @@ pub fn patch(
     stage: &StageMap,
     blob: (u64, u64),
     new_tid: i32,
+    lazy: bool,
 ) -> Result<(), RestoreError> {
     let at = meta.library.restore_info_addr;
     if at != 0 {
@@ -275,7 +276,12 @@ pub fn patch(
                 ))
             })?;
         let mut block = [0u8; restore_info::LEN];
-        block[restore_info::OFF_MAGIC..][..8].copy_from_slice(&restore_info::MAGIC.to_le_bytes());
+        let magic = if lazy {
+            restore_info::MAGIC_LAZY
+        } else {
+            restore_info::MAGIC
+        };
+        block[restore_info::OFF_MAGIC..][..8].copy_from_slice(&magic.to_le_bytes());
         block[restore_info::OFF_GENERATION..][..8]
             .copy_from_slice(&(meta.checkpoint.generation + 1).to_le_bytes());
         block[restore_info::OFF_BLOB_ADDR..][..8].copy_from_slice(&blob.0.to_le_bytes());

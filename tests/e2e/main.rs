@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod harness;
 mod kinds;
+mod lazy;
 mod preempt;
 mod reliability;
 mod runtimes;
