@@ -196,6 +196,8 @@ pub fn start_helper(inp: &HelperInputs<'_>) -> Result<Started, String> {
         drop(wr);
         let code = match helper_main(inp, program, rd) {
             Ok(()) => 0,
+            // A damaged chunk was said already, with what it means.
+            Err(e) if e.is_empty() => 1,
             Err(e) => {
                 say(&format!("forkpoint restart: lazy fill: {e}\n"));
                 1
@@ -434,7 +436,7 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
                         h.cached = Some((c, buf));
                         h.fill_everywhere(c)?;
                     }
-                    Err(e) => return Err(h.damaged(c, &e)),
+                    Err(e) => return Err(h.damaged(&e)),
                 }
             }
             if received == h.lazy_chunks.len() {
@@ -520,8 +522,9 @@ impl Helper<'_> {
         Ok(())
     }
 
-    /// Says on restart's stderr that chunk `c` is damaged, and kills the program.
-    fn damaged(&self, c: usize, e: &str) -> String {
+    /// Says on restart's stderr that a chunk is damaged and kills the program; the error
+    /// returned is empty: all is said.
+    fn damaged(&self, e: &str) -> String {
         say(&format!(
             "forkpoint restart: the image is damaged ({e}), found while filling the restored \
              program's memory: the program (PID {}) is killed rather than run on wrong \
@@ -530,7 +533,7 @@ impl Helper<'_> {
         ));
         // SAFETY: kill(2) of the program, our parent.
         unsafe { libc::kill(self.program, libc::SIGKILL) };
-        format!("chunk {c}: {e}")
+        String::new()
     }
 
     /// Decompresses chunk `c` here (a fault wants it now) and checks it.
@@ -542,7 +545,7 @@ impl Helper<'_> {
         let mut buf = self.cached.take().map(|(_, b)| b).unwrap_or_default();
         buf.resize(raw, 0);
         if let Err(e) = self.img.read_chunk_into(c, &mut self.reader, &mut buf) {
-            return Err(self.damaged(c, &e.to_string()));
+            return Err(self.damaged(&e.to_string()));
         }
         self.cached = Some((c, buf));
         Ok(())

@@ -609,11 +609,17 @@ pub fn open_up(dir: &Path) {
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
 }
 
-/// Runs `forkpoint restart` expecting a refusal: returns its stderr. Asserts that it failed,
-/// and that the program did not run (`watch` did not change).
+/// Runs `forkpoint restart --eager` expecting a refusal: returns its stderr. Asserts that it
+/// failed, and that the program did not run (`watch` did not change). Eager, because a
+/// lazy restart (`FORKPOINT_RESTART=lazy`) finds a damaged chunk only when it fills it,
+/// after the hand-over (that contract is `lazy::lazy_restart_kills_the_program_on_a_
+/// damaged_chunk`'s); every other check is the same before a lazy hand-over.
 pub fn restart_refused(image: &Path, io: &Io, watch: &Path) -> String {
     let before = fs::read(watch).unwrap_or_default();
-    let mut p = start_restart(image, io);
+    let mut cmd = Command::new(forkpoint());
+    cmd.args(["restart", "--eager"]).arg(image);
+    apply_io(&mut cmd, io);
+    let mut p = Proc::new(cmd.spawn().expect("spawn forkpoint restart"), "restart");
     let st = p.wait(WAIT);
     let err = read_lossy(&io.stderr);
     assert!(

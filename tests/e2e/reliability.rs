@@ -1643,7 +1643,10 @@ fn crafted_images_are_refused() {
         let p = crafted.join(format!("{name}.fpk"));
         fs::write(&p, bytes).unwrap();
         let r = run_measured(
-            Command::new(forkpoint()).arg("restart").arg(&p),
+            // Eager: a lazy restart checks the chunks after the hand-over (see lazy.rs).
+            Command::new(forkpoint())
+                .args(["restart", "--eager"])
+                .arg(&p),
             Duration::from_secs(60),
             limit,
         );
