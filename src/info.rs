@@ -378,6 +378,23 @@ fn render(path: &Path, img: &ImageFile, regions: &[RegionStats]) -> String {
         );
     }
 
+    let split = forkpoint_restart_loader::plan::split_lazy_of_image(m);
+    let lazy_bytes: u64 = m
+        .chunks
+        .iter()
+        .zip(&split.lazy)
+        .filter(|(_, &l)| l)
+        .map(|(c, _)| c.raw_len)
+        .sum();
+    let _ = writeln!(
+        w,
+        "lazy        {} of {} chunks ({:.1} MiB) can be filled after the hand-over by \
+         `restart --lazy`; until they are, its helper keeps this image open",
+        split.lazy_chunks(),
+        m.chunks.len(),
+        lazy_bytes as f64 / (1 << 20) as f64
+    );
+
     let _ = writeln!(w, "memory map  {} mappings", m.mappings.len());
     let _ = writeln!(
         w,

@@ -220,6 +220,8 @@ fn say(line: &str) {
 struct Target {
     uffd: OwnedFd,
     space: Space,
+    /// The process ended (or exec'd): nothing more to fill there.
+    dead: bool,
 }
 
 struct Helper<'a> {
@@ -237,6 +239,26 @@ struct Helper<'a> {
     program: i32,
     /// When the background fill began: faults in the first second make the working set.
     started_at: Option<Instant>,
+    /// Chunks a fault needed, of which only the faulting page was copied: the rest follows
+    /// when no fault waits (target, chunk).
+    rest_of: std::collections::VecDeque<(usize, usize)>,
+    last_fault: Option<Instant>,
+}
+
+/// The background fill gives way to the program: it starts this long after the hand-over
+/// and pauses until the program has not faulted for [`FAULT_QUIET`] (on a machine with few
+/// CPUs its copies would otherwise delay the program's first answer).
+const FILL_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+const FAULT_QUIET: std::time::Duration = std::time::Duration::from_millis(3);
+
+impl Helper<'_> {
+    /// How long the background fill must still wait (zero: go on).
+    fn fill_wait(&self) -> std::time::Duration {
+        let since = |t: Option<Instant>, d: std::time::Duration| {
+            t.map_or(std::time::Duration::ZERO, |t| d.saturating_sub(t.elapsed()))
+        };
+        since(self.started_at, FILL_GRACE).max(since(self.last_fault, FAULT_QUIET))
+    }
 }
 
 /// Faults this soon after the start are the working set the next lazy restart fills first.
@@ -292,6 +314,7 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
         targets: vec![Target {
             uffd,
             space: Space::new(&inp.split.regions, chunks),
+            dead: false,
         }],
         reader: ChunkReader::new(),
         cached: None,
@@ -301,6 +324,8 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
         forks: 0,
         program,
         started_at: None,
+        rest_of: std::collections::VecDeque::new(),
+        last_fault: None,
     };
     // Decompression threads fill a bounded queue in image order; this thread answers
     // faults (decompressing the faulting chunk itself when it is not there yet) and copies
@@ -327,6 +352,11 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
         std::thread::spawn(move || {
             // SAFETY: the image outlives every thread: the process ends with _exit.
             let img = unsafe { &*(img_ptr as *const ImageFile) };
+            // The background fill takes only idle CPU: the program, and this process's
+            // answers to its faults, come first.
+            let idle = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler(0, ...) on this thread with a valid sched_param.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
             {
                 let (m, cv) = &*go;
                 let mut started = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,12 +384,13 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
     drop(tx);
     let mut started = false;
     let mut received = 0usize;
+    let mut program_alive = true;
     loop {
         // Wait for something to do: a fault or event, the start, a decompressed chunk, or
         // the program's end.
         let mut fds: Vec<libc::pollfd> = vec![
             libc::pollfd {
-                fd: pidfd.as_raw_fd(),
+                fd: if program_alive { pidfd.as_raw_fd() } else { -1 },
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -375,13 +406,28 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
         ];
         for t in &h.targets {
             fds.push(libc::pollfd {
-                fd: t.uffd.as_raw_fd(),
+                fd: if t.dead { -1 } else { t.uffd.as_raw_fd() },
                 events: libc::POLLIN,
                 revents: 0,
             });
         }
         // SAFETY: fds is a valid array of pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
+        let wait = h.fill_wait();
+        if started && !wait.is_zero() {
+            // Held back: the queue's byte must not wake us meanwhile.
+            fds[1].fd = -1;
+        }
+        let timeout = if !started {
+            -1
+        } else if !wait.is_zero() {
+            wait.as_millis().max(1) as i32
+        } else if h.rest_of.is_empty() {
+            -1
+        } else {
+            0
+        };
+        // SAFETY: as above.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -390,7 +436,9 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
             return Err(format!("poll: {e}"));
         }
         if fds[0].revents != 0 {
-            // The program is gone.
+            // The program is gone; children it forked meanwhile may still need pages.
+            program_alive = false;
+            h.targets[0].dead = true;
             if inp.verbose {
                 say(&format!(
                     "forkpoint restart: [{:>7.2} ms] the program ended before the lazy fill \
@@ -402,7 +450,9 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
                 ));
             }
             h.write_working_set(inp);
-            return Ok(());
+            if h.targets.iter().all(|t| t.dead) {
+                return Ok(());
+            }
         }
         if !started && fds[1].revents != 0 {
             // The blob registered the regions and closed its end: start filling.
@@ -420,16 +470,25 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
             .filter(|(_, p)| p.revents != 0)
             .map(|(i, _)| i)
             .collect();
+        let quiet = ready_targets.is_empty();
         for t in ready_targets.into_iter().rev() {
             h.serve(t)?;
         }
-        if started {
-            let mut sink = [0u8; 64];
-            // SAFETY: draining our own non-blocking pipe.
-            while unsafe { libc::read(wake_rd.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) }
-                > 0
-            {}
-            while let Ok((c, r)) = rx.try_recv() {
+        // The rest of a faulted chunk, while it is likely still decompressed.
+        let go_on = started && h.fill_wait().is_zero();
+        if quiet && go_on {
+            if let Some((t, c)) = h.rest_of.pop_front() {
+                h.decompressed(c)?;
+                h.fill(t, c)?;
+            }
+        }
+        if go_on {
+            // One chunk of the background fill per round, so that faults wait at most one
+            // chunk's copy; its byte on `wake` is taken with it.
+            let mut byte = [0u8; 1];
+            // SAFETY: reading one byte from our own non-blocking pipe.
+            let woken = unsafe { libc::read(wake_rd.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } > 0;
+            if let (true, Ok((c, r))) = (woken, rx.try_recv()) {
                 received += 1;
                 match r {
                     Ok(buf) => {
@@ -449,6 +508,9 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
     // our exit would kill it.
     h.targets.clear();
     h.cached = None;
+    if !program_alive {
+        return Ok(());
+    }
     let mut p = libc::pollfd {
         fd: pidfd.as_raw_fd(),
         events: libc::POLLIN,
@@ -496,11 +558,28 @@ impl Helper<'_> {
                             self.faulted.push(c);
                         }
                         self.fault_pages += 1;
+                        self.last_fault = Some(Instant::now());
                         self.decompressed(c)?;
-                        self.fill(t, c)?;
+                        // Only the faulting page now, waking the thread; the rest of the
+                        // chunk once no fault waits (that page is skipped as already there).
+                        let off = self.targets[t]
+                            .space
+                            .orig_of(addr)
+                            .and_then(|o| lazymap::offset_in_chunk(&self.sources, o));
+                        match (off, &self.cached) {
+                            (Some(off), Some((_, data))) => {
+                                let page = &data[off as usize..(off + PAGE_SIZE) as usize];
+                                match copy(self.targets[t].uffd.as_raw_fd(), addr, page) {
+                                    Copied::Busy => self.fill(t, c)?,
+                                    _ => self.rest_of.push_back((t, c)),
+                                }
+                            }
+                            _ => self.fill(t, c)?,
+                        }
                     }
                     FaultAnswer::Zero => {
                         self.zero_pages += 1;
+                        self.last_fault = Some(Instant::now());
                         zeropage(self.targets[t].uffd.as_raw_fd(), addr);
                     }
                 }
@@ -511,7 +590,11 @@ impl Helper<'_> {
                 // SAFETY: the kernel installed this descriptor for us with the message.
                 let uffd = unsafe { OwnedFd::from_raw_fd(fd) };
                 let space = self.targets[t].space.clone();
-                self.targets.push(Target { uffd, space });
+                self.targets.push(Target {
+                    uffd,
+                    space,
+                    dead: false,
+                });
                 self.forks += 1;
             }
             EVENT_REMAP => self.targets[t].space.remap(arg(0), arg(1), arg(2)),
@@ -553,7 +636,7 @@ impl Helper<'_> {
 
     /// Copies chunk `c` (the cached one) into target `t`, where its pages are now.
     fn fill(&mut self, t: usize, c: usize) -> Result<(), String> {
-        if self.targets[t].space.done[c] {
+        if self.targets[t].dead || self.targets[t].space.done[c] {
             return Ok(());
         }
         // Taken out while copying: answering a pending event may decompress another chunk.
@@ -582,6 +665,10 @@ impl Helper<'_> {
                     Copied::Busy => {
                         busy = true;
                         break 'runs;
+                    }
+                    Copied::Dead => {
+                        self.targets[t].dead = true;
+                        return Ok(());
                     }
                     Copied::Gone => {}
                 }
@@ -660,8 +747,10 @@ enum Copied {
     Done,
     /// EAGAIN: the program's memory layout is changing (an event waits to be read).
     Busy,
-    /// The process or mapping is gone.
+    /// The mapping is gone.
     Gone,
+    /// The process is gone (its memory: exit or exec).
+    Dead,
 }
 
 /// `UFFDIO_COPY` of `src` to `dst`, page by page past pages already there.
@@ -691,6 +780,7 @@ fn copy(uffd: RawFd, dst: u64, src: &[u8]) -> Copied {
             // A page already there (the program's own, copied into a child at fork): skip it.
             Some(libc::EEXIST) => done += PAGE_SIZE,
             Some(libc::EAGAIN) => return Copied::Busy,
+            Some(libc::ESRCH) => return Copied::Dead,
             _ => return Copied::Gone,
         }
     }

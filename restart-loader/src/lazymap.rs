@@ -61,6 +61,14 @@ pub fn chunk_at(sources: &[Source], addr: u64) -> Option<usize> {
     (addr < s.addr + s.pages * PAGE_SIZE).then_some(s.chunk)
 }
 
+/// Where the image's page at `addr` is in its (decompressed) chunk: the byte offset.
+pub fn offset_in_chunk(sources: &[Source], addr: u64) -> Option<u64> {
+    let i = sources.partition_point(|s| s.addr <= addr).checked_sub(1)?;
+    let s = sources[i];
+    let page = (addr - s.addr) / PAGE_SIZE;
+    (page < s.pages).then(|| (s.page_in_chunk + page) * PAGE_SIZE)
+}
+
 /// What a fault at a page should get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultAnswer {
@@ -87,7 +95,7 @@ impl Space {
     }
 
     /// The image address of the program's page at `addr`, unless it reads as zero.
-    fn orig_of(&self, addr: u64) -> Option<u64> {
+    pub fn orig_of(&self, addr: u64) -> Option<u64> {
         let i = self
             .segments
             .partition_point(|s| s.start <= addr)
@@ -209,6 +217,9 @@ mod tests {
         assert_eq!(sp.answer(&src, 0x13fff), FaultAnswer::Chunk(0));
         assert_eq!(sp.answer(&src, 0x14000), FaultAnswer::Zero);
         assert_eq!(sp.answer(&src, 0x21000), FaultAnswer::Chunk(1));
+        assert_eq!(offset_in_chunk(&src, 0x21000), Some(P));
+        assert_eq!(offset_in_chunk(&src, 0x12000), Some(2 * P));
+        assert_eq!(offset_in_chunk(&src, 0x14000), None);
         sp.done[1] = true;
         assert_eq!(sp.answer(&src, 0x21000), FaultAnswer::Zero);
         // Outside every registered region.

@@ -912,11 +912,32 @@ pub fn split_lazy(
     needed: &[(u64, u64)],
     working_set: &[usize],
 ) -> LazySplit {
-    let mut staged: Vec<(u64, u64, usize)> = layout
+    let staged: Vec<(u64, u64, usize)> = layout
         .staged
         .iter()
         .map(|s| (s.target_start, s.target_end, s.mapping))
         .collect();
+    split_lazy_in(meta, staged, needed, working_set)
+}
+
+/// [`split_lazy`] over the image's own mappings (what `forkpoint info` reports).
+pub fn split_lazy_of_image(meta: &Metadata) -> LazySplit {
+    let regions = meta
+        .mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.start, m.end, i))
+        .collect();
+    split_lazy_in(meta, regions, &pages_needed_first(meta), &[])
+}
+
+/// `staged`: (target start, end, mapping index) of every restored region.
+fn split_lazy_in(
+    meta: &Metadata,
+    mut staged: Vec<(u64, u64, usize)>,
+    needed: &[(u64, u64)],
+    working_set: &[usize],
+) -> LazySplit {
     staged.sort_unstable();
     let region_of = |addr: u64| -> Option<(u64, u64, usize)> {
         let i = staged.partition_point(|s| s.0 <= addr).checked_sub(1)?;

@@ -29,9 +29,14 @@ struct Checkpointed {
 }
 
 fn checkpointed(name: &str, mib: u32) -> Checkpointed {
+    checkpointed_with(name, &[&mib.to_string()])
+}
+
+fn checkpointed_with(name: &str, args: &[&str]) -> Checkpointed {
     let t = TestDir::new(name);
     let exe = compile_c(&t.path, "lazy_mem", LAZY_MEM_C);
-    let argv = argv(&[&exe, &mib.to_string()]);
+    let mut argv = argv(&[&exe]);
+    argv.extend(args.iter().map(|a| os(a)));
     // The reference run finds its `go` at once.
     let reference = t.sub("ref");
     fs::write(reference.join("go"), "").unwrap();
@@ -151,11 +156,13 @@ fn lazy_restart_fills_in_the_background_and_learns_the_working_set() {
     c.assert_lazy_said();
     let wset = PathBuf::from(format!("{}.wset", c.image.display()));
     if lazy_possible() {
-        // The program may end before the fill does; then there is no "done" line.
-        assert!(
-            err.contains("lazy fill done") || err.contains("ended before the lazy fill was done"),
-            "{err}"
-        );
+        // The program may end before the fill does; then the helper says so once it sees
+        // the program gone (after restart's own exit), and records the working set.
+        wait_until("the helper's last word", WAIT, || {
+            let err = read_lossy(&c.stderr());
+            err.contains("lazy fill done") || err.contains("ended before the lazy fill was done")
+        });
+        wait_until("the working set", WAIT, || wset.is_file());
         assert!(
             wset.is_file(),
             "no working set recorded at {}",
@@ -326,4 +333,21 @@ fn checkpoint_during_a_lazy_fill_is_whole() {
         String::from_utf8_lossy(&out.stderr)
     );
     c.assert_same_as_reference();
+}
+
+/// The program ends right after the hand-over, leaving a child it forked that has not
+/// touched its memory yet: the helper goes on filling the child, which ends right.
+#[test]
+fn lazy_restart_fills_a_child_whose_parent_ended() {
+    let c = checkpointed_with("lazy-orphan", &["64", "orphan"]);
+    let want = c.reference.join("orphan.out");
+    wait_until("the reference run's orphan", WAIT, || want.is_file());
+    c.go();
+    let mut p = c.restart(&[]);
+    let st = p.wait(WAIT);
+    assert!(st.success(), "{st}:\n{}", read_lossy(&c.stderr()));
+    let got = c.work.join("orphan.out");
+    wait_until("the restored program's orphan", WAIT, || got.is_file());
+    assert_same_file(&want, &got);
+    assert_same_file(&c.reference.join("run.out"), &c.work.join("run.out"));
 }

@@ -3,7 +3,7 @@
  * touches pages of the image for the first time, in the ways that need more than a plain
  * fault: read(2) and write(2) on missing pages (the kernel touches them), fork (the child's
  * missing pages), mremap (pages that moved), MADV_DONTNEED (pages that must read zero).
- * Usage: lazy_mem MIB. Output is deterministic: compared with an uninterrupted run. */
+ * Usage: lazy_mem MIB [orphan]. Output is deterministic: compared with an uninterrupted run. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
@@ -78,6 +78,22 @@ int main(int argc, char **argv) {
     while (stat("go", &st) != 0) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, 0);
+    }
+
+    /* "orphan": the program ends at once, leaving a child that still needs its pages. */
+    if (argc > 2 && !strcmp(argv[2], "orphan")) {
+        pid_t c = fork();
+        if (c == 0) {
+            struct timespec ts = {0, 50000000};
+            nanosleep(&ts, 0); /* the parent is gone by now */
+            FILE *f = fopen("orphan.tmp", "w");
+            fprintf(f, "orphan %016llx\n", (unsigned long long)fnv(big, big_len));
+            fclose(f);
+            rename("orphan.tmp", "orphan.out");
+            _exit(0);
+        }
+        printf("forked\n");
+        return 0;
     }
 
     /* read(2) into pages not yet filled: the kernel writes them. */
