@@ -1093,6 +1093,75 @@ mod tests {
     }
 
     #[test]
+    fn lazy_split_leaves_only_private_anonymous_chunks_the_loader_does_not_touch() {
+        use forkpoint_image::{Chunk, Compression, FileId, PageRun};
+        let p = PAGE_SIZE;
+        let chunk = |runs: &[(u64, u64)]| Chunk {
+            offset: 0,
+            stored_len: 0,
+            raw_len: runs.iter().map(|r| r.1).sum::<u64>() * p,
+            compression: Compression::Zstd,
+            crc32: 0,
+            runs: runs
+                .iter()
+                .map(|&(addr, pages)| PageRun { addr, pages })
+                .collect(),
+        };
+        let file = FileId {
+            path: "/lib/x.so".into(),
+            dev: 0,
+            inode: 0,
+            size: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        };
+        let mut meta = Metadata {
+            mappings: vec![
+                mapping(0x10000, 0x20000, MappingKind::Heap),
+                mapping(0x20000, 0x30000, MappingKind::File { file }),
+                mapping(0x40000, 0x80000, MappingKind::Anonymous),
+                mapping(0x90000, 0xa0000, MappingKind::SharedAnonymous),
+            ],
+            chunks: vec![
+                chunk(&[(0x10000, 4)]),                 // heap: lazy
+                chunk(&[(0x20000, 1)]),                 // file-backed: eager
+                chunk(&[(0x40000, 2), (0x50000, 2)]),   // anonymous: lazy
+                chunk(&[(0x44000, 1), (0x90000, 1)]),   // partly shared: eager
+                chunk(&[(0x60000, 4)]),                 // holds the restore block: eager
+                chunk(&[(0x70000, 4)]),                 // in the working set: eager
+            ],
+            ..Metadata::default()
+        };
+        meta.library.restore_info_addr = 0x61008;
+        let layout = Layout {
+            reservation: (0, 0),
+            staged: meta
+                .mappings
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Staged {
+                    mapping: i,
+                    target_start: m.start,
+                    target_end: m.end,
+                    staged_at: 0,
+                })
+                .collect(),
+            vdso_scratch: 0,
+            blob_start: 0,
+            blob_len: 0,
+            thread_stacks: 0,
+        };
+        let split = split_lazy(&meta, &layout, &pages_needed_first(&meta), &[5]);
+        assert_eq!(split.lazy, vec![true, false, true, false, false, false]);
+        assert_eq!(split.regions, vec![(0x10000, 0x20000), (0x40000, 0x80000)]);
+        // What `forkpoint info` reports: the same, with no working set.
+        assert_eq!(
+            split_lazy_of_image(&meta).lazy,
+            vec![true, false, true, false, false, true]
+        );
+    }
+
+    #[test]
     fn vdso_layout_must_match() {
         let meta = Metadata {
             mappings: vec![mapping(
