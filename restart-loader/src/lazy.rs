@@ -411,7 +411,6 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
                 revents: 0,
             });
         }
-        // SAFETY: fds is a valid array of pollfd.
         let wait = h.fill_wait();
         if started && !wait.is_zero() {
             // Held back: the queue's byte must not wake us meanwhile.
@@ -426,7 +425,7 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
         } else {
             0
         };
-        // SAFETY: as above.
+        // SAFETY: fds is a valid array of pollfd.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -439,7 +438,8 @@ fn helper_main(inp: &HelperInputs<'_>, program: i32, ready: OwnedFd) -> Result<(
             // The program is gone; children it forked meanwhile may still need pages.
             program_alive = false;
             h.targets[0].dead = true;
-            if inp.verbose {
+            // (Before the start, the restore failed and said why.)
+            if inp.verbose && started {
                 say(&format!(
                     "forkpoint restart: [{:>7.2} ms] the program ended before the lazy fill \
                      was done: {} pages faulted on demand (in {} chunks), {} zero pages\n",

@@ -1123,12 +1123,12 @@ mod tests {
                 mapping(0x90000, 0xa0000, MappingKind::SharedAnonymous),
             ],
             chunks: vec![
-                chunk(&[(0x10000, 4)]),                 // heap: lazy
-                chunk(&[(0x20000, 1)]),                 // file-backed: eager
-                chunk(&[(0x40000, 2), (0x50000, 2)]),   // anonymous: lazy
-                chunk(&[(0x44000, 1), (0x90000, 1)]),   // partly shared: eager
-                chunk(&[(0x60000, 4)]),                 // holds the restore block: eager
-                chunk(&[(0x70000, 4)]),                 // in the working set: eager
+                chunk(&[(0x10000, 4)]),               // heap: lazy
+                chunk(&[(0x20000, 1)]),               // file-backed: eager
+                chunk(&[(0x40000, 2), (0x50000, 2)]), // anonymous: lazy
+                chunk(&[(0x44000, 1), (0x90000, 1)]), // partly shared: eager
+                chunk(&[(0x60000, 4)]),               // holds the restore block: eager
+                chunk(&[(0x70000, 4)]),               // in the working set: eager
             ],
             ..Metadata::default()
         };
