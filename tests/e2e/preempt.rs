@@ -638,6 +638,7 @@ fn real_slurm_requeue_resumes_the_job() {
                 >= 49
     });
     slurm("scontrol", &["requeue", &id]);
+    let requeued_at = std::time::SystemTime::now();
     let image = run.join("forkpoint-images/forkpoint-e2e/job.fpk");
     wait_until("the checkpoint taken on Slurm's SIGTERM", long, || {
         read_lossy(&out).contains("SIGTERM: checkpoint durable after")
@@ -647,6 +648,21 @@ fn real_slurm_requeue_resumes_the_job() {
     // Slurm holds a requeued job back for a while (BeginTime); let it start now.
     wait_until("the job to be requeued", long, || {
         job_state(&id) == "PENDING"
+    });
+    // And its first run wholly gone from the node: started again too soon, the job is
+    // killed as "non-startable batch job: Job credential revoked" (seen under load in CI).
+    wait_until("the node to be idle again", long, || {
+        slurm("sinfo", &["-h", "-N", "-o", "%T"]).trim() == "idle"
+    });
+    // slurmd compares the new launch's credential with the revocation in whole seconds: the
+    // requeued run must start in a later second than the requeue.
+    let unix_s = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    wait_until("a second later than the requeue", long, || {
+        unix_s(std::time::SystemTime::now()) > unix_s(requeued_at) + 1
     });
     slurm(
         "scontrol",
