@@ -337,32 +337,10 @@ pub(crate) fn wait_for_lazy_fill(cap: &mut Capture) -> Result<(), Line> {
     let deadline = sys::monotonic_ns() + LAZY_FILL_WAIT_NS;
     let mut msg = Line::new();
     loop {
-        let fd = match sys::open(b"/proc/self/smaps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) {
-            Ok(fd) => fd,
-            Err(e) => {
-                msg.str("cannot read /proc/self/smaps to see whether the lazy restart's fill is done: errno ")
-                    .i64(e as i64);
-                return Err(msg);
-            }
-        };
         let mut scanner = procfs::ForkAdviceScanner::new();
-        let mut read_error = 0;
-        loop {
-            match sys::read(fd, &mut cap.smaps_chunk) {
-                Ok(0) => break,
-                Ok(k) => scanner.feed(&cap.smaps_chunk[..k], &mut |_, _, _| {}),
-                Err(e) if e == libc::EINTR => continue,
-                Err(e) => {
-                    read_error = e;
-                    break;
-                }
-            }
-        }
-        scanner.finish(&mut |_, _, _| {});
-        sys::close(fd);
-        if read_error != 0 {
+        if let Err(e) = scan_smaps(&mut cap.smaps_chunk, &mut scanner, &mut |_, _, _| {}) {
             msg.str("cannot read /proc/self/smaps to see whether the lazy restart's fill is done: errno ")
-                .i64(read_error as i64);
+                .i64(e as i64);
             return Err(msg);
         }
         if !scanner.missing_tracked {
@@ -378,6 +356,30 @@ pub(crate) fn wait_for_lazy_fill(cap: &mut Capture) -> Result<(), Line> {
         let idle = core::sync::atomic::AtomicU32::new(0);
         sys::futex_wait(&idle, 0, 2_000_000);
     }
+}
+
+/// Reads all of `/proc/self/smaps` through `buf` into `scanner`; the errno on failure.
+fn scan_smaps(
+    buf: &mut [u8],
+    scanner: &mut procfs::ForkAdviceScanner,
+    found: &mut impl FnMut(u64, u64, bool),
+) -> Result<(), i32> {
+    let fd = sys::open(b"/proc/self/smaps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0)?;
+    let mut result = Ok(());
+    loop {
+        match sys::read(fd, buf) {
+            Ok(0) => break,
+            Ok(k) => scanner.feed(&buf[..k], found),
+            Err(e) if e == libc::EINTR => continue,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    scanner.finish(found);
+    sys::close(fd);
+    result
 }
 
 /// How long a checkpoint waits for a lazy restart's fill.
@@ -396,14 +398,6 @@ pub(crate) fn lift_fork_advice(cap: &mut Capture) -> Result<(), Line> {
         return Ok(());
     }
     let mut msg = Line::new();
-    let fd = match sys::open(b"/proc/self/smaps\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) {
-        Ok(fd) => fd,
-        Err(e) => {
-            msg.str("cannot read /proc/self/smaps for the MADV_DONTFORK ranges: errno ")
-                .i64(e as i64);
-            return Err(msg);
-        }
-    };
     let mut scanner = procfs::ForkAdviceScanner::new();
     let (ranges, n) = (&mut cap.advised, &mut cap.n_advised);
     let mut overflow = false;
@@ -422,23 +416,9 @@ pub(crate) fn lift_fork_advice(cap: &mut Capture) -> Result<(), Line> {
             None => overflow = true,
         }
     };
-    let mut read_error = 0;
-    loop {
-        match sys::read(fd, &mut cap.smaps_chunk) {
-            Ok(0) => break,
-            Ok(k) => scanner.feed(&cap.smaps_chunk[..k], &mut found),
-            Err(e) if e == libc::EINTR => continue,
-            Err(e) => {
-                read_error = e;
-                break;
-            }
-        }
-    }
-    scanner.finish(&mut found);
-    sys::close(fd);
-    if read_error != 0 {
+    if let Err(e) = scan_smaps(&mut cap.smaps_chunk, &mut scanner, &mut found) {
         msg.str("cannot read /proc/self/smaps for the MADV_DONTFORK ranges: errno ")
-            .i64(read_error as i64);
+            .i64(e as i64);
         return Err(msg);
     }
     if overflow {
