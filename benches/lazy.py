@@ -35,15 +35,16 @@ def log(msg):
     print(f"[lazy.py] {msg}", file=sys.stderr, flush=True)
 
 
-def ask(port, request, timeout=120.0):
-    """Connects (retrying until the server listens), sends request, returns the answer."""
+def exchange(port, request, complete, timeout=120.0):
+    """Connects (retrying until the server listens), sends request, reads until
+    complete(answer) or the server closes, returns the answer."""
     deadline = time.perf_counter() + timeout
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
                 s.sendall(request)
                 out = b""
-                while not out.endswith(b"\n"):
+                while not complete(out):
                     b = s.recv(65536)
                     if not b:
                         break
@@ -53,6 +54,11 @@ def ask(port, request, timeout=120.0):
             if time.perf_counter() > deadline:
                 raise
             time.sleep(0.0002)
+
+
+def ask(port, request):
+    """One line to benches/lazy_server.c (or the python server), one line back."""
+    return exchange(port, request, lambda out: out.endswith(b"\n"))
 
 
 def wait_for(path, pattern, timeout=300.0):
@@ -194,22 +200,11 @@ def bench_server(sizes, repeat):
 
 def redis_cmd(port, *args):
     req = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
-    deadline = time.perf_counter() + 120
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
-                s.sendall(req.encode())
-                out = b""
-                while b"\r\n" not in out or (out.startswith(b"$") and out.count(b"\r\n") < 2):
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    out += b
-                return out
-        except (ConnectionRefusedError, ConnectionResetError):
-            if time.perf_counter() > deadline:
-                raise
-            time.sleep(0.0002)
+    # A status line, or a bulk string's length line and its data.
+    complete = lambda out: b"\r\n" in out and not (
+        out.startswith(b"$") and out.count(b"\r\n") < 2
+    )
+    return exchange(port, req.encode(), complete)
 
 
 def bench_redis(repeat):
@@ -229,7 +224,6 @@ def bench_redis(repeat):
 
         log("redis: load and checkpoint")
         image, _ = checkpoint(work, argv, dict(os.environ), ready)
-        want = None
 
         def first():
             assert redis_cmd(port, "PING").startswith(b"+PONG")
@@ -248,7 +242,6 @@ def bench_redis(repeat):
 
         res = measure(image, work, first_get, check, repeat, wset=False)
         row("redis-server, first GET", res["eager"], res["lazy"])
-        del want
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

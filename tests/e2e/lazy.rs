@@ -78,6 +78,23 @@ impl Checkpointed {
         )
     }
 
+    /// `forkpoint restart -v ARGS IMAGE` under `FORKPOINT_RESTART=lazy`, from the output
+    /// the checkpoint left (`ready`), to the reference run's end; its stderr.
+    fn restart_with_lazy_env(&self, args: &[&str]) -> String {
+        fs::write(self.work.join("run.out"), "ready\n").unwrap();
+        let mut cmd = Command::new(forkpoint());
+        cmd.args(["restart", "-v"])
+            .args(args)
+            .arg(&self.image)
+            .env("FORKPOINT_RESTART", "lazy")
+            .current_dir(&self.work);
+        let out = output_within(&mut cmd, WAIT);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        self.assert_same_as_reference();
+        err
+    }
+
     fn stderr(&self) -> PathBuf {
         self.work.join("restart.err")
     }
@@ -170,17 +187,7 @@ fn lazy_restart_fills_in_the_background_and_learns_the_working_set() {
         );
     }
     // Again, from the same image: the working set goes first.
-    fs::write(c.work.join("run.out"), "ready\n").unwrap();
-    let mut cmd = Command::new(forkpoint());
-    cmd.arg("restart")
-        .arg("-v")
-        .arg(&c.image)
-        .env("FORKPOINT_RESTART", "lazy")
-        .current_dir(&c.work);
-    let out = output_within(&mut cmd, WAIT);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    c.assert_same_as_reference();
+    let err = c.restart_with_lazy_env(&[]);
     if lazy_possible() {
         assert!(
             err.contains("of the last working set filled first"),
@@ -188,20 +195,11 @@ fn lazy_restart_fills_in_the_background_and_learns_the_working_set() {
         );
     }
     // --eager wins over the environment.
-    fs::write(c.work.join("run.out"), "ready\n").unwrap();
-    let mut cmd = Command::new(forkpoint());
-    cmd.args(["restart", "-v", "--eager"])
-        .arg(&c.image)
-        .env("FORKPOINT_RESTART", "lazy")
-        .current_dir(&c.work);
-    let out = output_within(&mut cmd, WAIT);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = c.restart_with_lazy_env(&["--eager"]);
     assert!(
         !err.contains("after the hand-over"),
         "--eager went lazy:\n{err}"
     );
-    c.assert_same_as_reference();
 }
 
 /// A chunk damaged in the image and only needed after the hand-over: the program is killed
