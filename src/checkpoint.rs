@@ -16,6 +16,7 @@ pub struct CheckpointArgs {
     pub timeout: Duration,
     pub kill: bool,
     pub tree: bool,
+    pub incremental: bool,
 }
 
 /// Outcome printed by the caller: the image path goes to stdout.
@@ -59,6 +60,9 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
         )));
     }
     if args.tree || restored.is_some() || crate::tree::in_nested_pid_namespace(pid) {
+        if args.incremental {
+            eprintln!("forkpoint: a process tree is checkpointed whole (--incremental is for one process)");
+        }
         let output = if output.as_os_str().is_empty() {
             default_tree_output(pid)?
         } else {
@@ -71,11 +75,15 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
             kill: args.kill,
         });
     }
-    let request_contents = output
+    let mut request_contents = output
         .to_str()
-        .ok_or_else(|| CliError::usage("--output must be valid UTF-8".to_string()))?
+        .filter(|p| !p.contains('\n'))
+        .ok_or_else(|| CliError::usage("--output must be valid UTF-8, on one line".to_string()))?
         .as_bytes()
         .to_vec();
+    if args.incremental {
+        request_contents.extend_from_slice(b"\nincremental\n");
+    }
     if !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(CliError::new(format!("no process with PID {pid}")));
     }
@@ -161,6 +169,8 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
             write_ms,
             cow_faults,
             writer_peak,
+            parent,
+            full_reason,
         } => {
             let mut parts = Vec::new();
             if let Some(b) = bytes {
@@ -185,6 +195,11 @@ pub fn checkpoint(args: &CheckpointArgs) -> Result<String, CliError> {
                 "forkpoint: checkpoint of process {pid} written: {}",
                 parts.join(", ")
             );
+            if let Some(p) = parent {
+                eprintln!("forkpoint: incremental image: unchanged pages are those of {p}");
+            } else if let Some(why) = full_reason {
+                eprintln!("forkpoint: whole image: {why}");
+            }
             if args.kill {
                 // SAFETY: kill with a valid signal number has no memory-safety preconditions.
                 let r = unsafe { libc::kill(pid, libc::SIGKILL) };

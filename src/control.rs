@@ -162,6 +162,9 @@ pub enum Report {
         cow_faults: Option<u64>,
         /// The writer's peak memory (its arena), bytes.
         writer_peak: Option<u64>,
+        /// An incremental image's parent; or why an asked-for incremental image is whole.
+        parent: Option<String>,
+        full_reason: Option<String>,
     },
     Error(String),
 }
@@ -189,6 +192,8 @@ pub fn parse_report(text: &str) -> Result<Report, String> {
                 write_ms: num("write_ms"),
                 cow_faults: num("cow_faults"),
                 writer_peak: num("writer_peak"),
+                parent: kv.get("parent").map(|s| s.to_string()),
+                full_reason: kv.get("full_reason").map(|s| s.to_string()),
             })
         }
         Some("error") => Ok(Report::Error(
@@ -288,6 +293,8 @@ mod tests {
                 pause_us: Some(120),
                 cow_faults: None,
                 writer_peak: None,
+                parent: None,
+                full_reason: None,
                 write_ms: Some(40)
             }
         );

@@ -2,6 +2,7 @@
 //! checkpoint, restart it from an image, and show what an image holds.
 
 mod checkpoint;
+mod compact;
 mod control;
 mod images;
 mod info;
@@ -48,6 +49,10 @@ enum Command {
         /// when newer ones are broken); otherwise run CMD, with its images in DIR.
         #[arg(long, value_name = "DIR")]
         resume_from: Option<PathBuf>,
+        /// Every checkpoint after the first holds only the pages written since the one
+        /// before, and names it as its parent (FORKPOINT_INCREMENTAL=1).
+        #[arg(long)]
+        incremental: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -72,6 +77,12 @@ enum Command {
         /// image: a restart brings back the parent without them).
         #[arg(long)]
         no_tree: bool,
+        /// Write only the pages written since the process's last checkpoint (the image names
+        /// that one as its parent). The first such request of a process writes a whole image
+        /// and starts the tracking; where tracking is not possible the image is whole and
+        /// the report says why.
+        #[arg(long)]
+        incremental: bool,
         /// The process to checkpoint.
         #[arg(value_name = "PID", allow_negative_numbers = true)]
         pid: i32,
@@ -96,7 +107,22 @@ enum Command {
         /// Fill all memory before the program runs, whatever FORKPOINT_RESTART says.
         #[arg(long)]
         eager: bool,
+        /// Where to look for the parents of an incremental image, besides its own directory.
+        #[arg(long, value_name = "DIR")]
+        images_dir: Option<PathBuf>,
         /// The image file.
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
+    },
+    /// Merge an incremental image and its parents into one whole image.
+    Compact {
+        /// The whole image to write.
+        #[arg(long, short, value_name = "PATH")]
+        output: PathBuf,
+        /// Where to look for the parents, besides the image's own directory.
+        #[arg(long, value_name = "DIR")]
+        images_dir: Option<PathBuf>,
+        /// The newest image of the chain.
         #[arg(value_name = "IMAGE")]
         image: PathBuf,
     },
@@ -177,6 +203,7 @@ fn main() -> ExitCode {
             on_term,
             name,
             resume_from,
+            incremental,
             command,
         } => (
             "run",
@@ -187,6 +214,7 @@ fn main() -> ExitCode {
                 on_term,
                 name,
                 resume_from,
+                incremental,
                 command,
             })
             .map(|_| ()),
@@ -203,6 +231,7 @@ fn main() -> ExitCode {
             kill,
             tree,
             no_tree,
+            incremental,
             pid,
         } => (
             "checkpoint",
@@ -211,6 +240,7 @@ fn main() -> ExitCode {
                 output,
                 timeout,
                 kill,
+                incremental,
                 tree: tree || (!no_tree && tree::has_children(pid)),
             })
             .map(|path| println!("{path}")),
@@ -221,6 +251,7 @@ fn main() -> ExitCode {
             strict,
             lazy,
             eager,
+            images_dir,
             image,
         } => {
             let opts = forkpoint_restart_loader::RestoreOptions {
@@ -228,6 +259,7 @@ fn main() -> ExitCode {
                 allow_foreign_owner,
                 strict,
                 lazy: lazy || (!eager && lazy_by_default()),
+                images_dir,
             };
             let err = match forkpoint_restart_loader::restore(&image, &opts) {
                 Ok(never) => match never {},
@@ -235,6 +267,14 @@ fn main() -> ExitCode {
             };
             ("restart", Err(CliError::new(err.to_string())))
         }
+        Command::Compact {
+            output,
+            images_dir,
+            image,
+        } => (
+            "compact",
+            compact::compact(&image, images_dir.as_deref(), &output),
+        ),
         Command::Info {
             json,
             verify,

@@ -19,6 +19,7 @@ pub struct RunArgs {
     pub on_term: Option<OnTerm>,
     pub name: Option<String>,
     pub resume_from: Option<PathBuf>,
+    pub incremental: bool,
     pub command: Vec<OsString>,
 }
 
@@ -144,6 +145,9 @@ pub fn run(args: &RunArgs) -> Result<std::convert::Infallible, CliError> {
             )));
         }
         cmd.env("FORKPOINT_DIR", abs);
+    }
+    if args.incremental {
+        cmd.env("FORKPOINT_INCREMENTAL", "1");
     }
     if let Some(t) = args.interval {
         if t.is_zero() {

@@ -80,7 +80,7 @@ pub(crate) fn capture_fd_offsets(cap: &mut Capture) {
         return;
     };
     for_each_dirent_number(dir, |fd| {
-        if fd == dir {
+        if fd == dir || fd == crate::track::uffd() {
             return;
         }
         if cap.n_fds < MAX_FDS {

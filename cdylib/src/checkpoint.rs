@@ -311,6 +311,10 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
         return;
     }
     copy_shared_memory(cap);
+    let incremental = rt.config.incremental
+        || (trigger == Trigger::Request && crate::trigger::request_wants_incremental(pid, id));
+    // Last before the fork: what was written since the last checkpoint.
+    crate::track::before_fork(rt, cap.seq, incremental);
     let t_fork = sys::monotonic_ns();
     // SAFETY: slots[0].regs lives in a static; the child stack is ours alone (mapped at init,
     // used only by writer children, each in its own address space).
@@ -324,6 +328,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
     };
     match forked {
         Forked::Parent(child) => {
+            crate::track::after_fork_parent(cap.seq);
             restore_fork_advice(cap);
             drop_shared_copies(cap);
             if let Some(b) = &barrier {
@@ -363,6 +368,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
             release_threads();
         }
         Forked::Failed(errno) => {
+            crate::track::fork_failed();
             restore_fork_advice(cap);
             drop_shared_copies(cap);
             release_threads();

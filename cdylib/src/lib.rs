@@ -45,6 +45,8 @@ mod state;
 mod sys;
 #[allow(unsafe_code)] // the pthread functions translated for restored threads (no_mangle)
 mod thread_ids;
+#[allow(unsafe_code)] // the tracking buffer, shared with the writer as raw memory
+mod track;
 mod trigger;
 #[allow(unsafe_code)] // reads the capture state and the process's own memory in the child
 mod writer;

@@ -441,6 +441,15 @@ pub fn read_proc_string(path: &[u8]) -> String {
 }
 
 /// `b` without trailing newlines and NULs (a /proc value, a request file's path).
+/// A request file: the output path (may be empty) on the first line, then options one per
+/// line. Returns the path and whether `incremental` is among them.
+pub fn request_options(b: &[u8]) -> (&[u8], bool) {
+    let mut lines = b.split(|&c| c == b'\n');
+    let path = trim_newline(lines.next().unwrap_or(b""));
+    let incremental = lines.any(|l| trim_newline(l) == b"incremental");
+    (path, incremental)
+}
+
 pub fn trim_newline(b: &[u8]) -> &[u8] {
     let mut end = b.len();
     while end > 0 && (b[end - 1] == b'\n' || b[end - 1] == 0) {
@@ -451,6 +460,20 @@ pub fn trim_newline(b: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn request_files_carry_the_path_and_options() {
+        assert_eq!(
+            super::request_options(b"/a/b.fpk"),
+            (&b"/a/b.fpk"[..], false)
+        );
+        assert_eq!(
+            super::request_options(b"/a b\nincremental\n"),
+            (&b"/a b"[..], true)
+        );
+        assert_eq!(super::request_options(b"\nincremental"), (&b""[..], true));
+        assert_eq!(super::request_options(b""), (&b""[..], false));
+    }
+
     use super::*;
 
     #[test]

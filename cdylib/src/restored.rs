@@ -37,6 +37,7 @@ pub(crate) fn raise_pending(pending: u64, process_wide: bool) {
 /// writer changed, learn what the loader told us, and re-arm what the kernel did not keep.
 pub(crate) fn after_restore(cap: &mut Capture, trigger: Trigger) {
     crate::arena::leave_writer_mode();
+    crate::track::forget_after_restore();
     // The pipe and memory copies were the writer's: those numbers and addresses may be the
     // program's now.
     cap.n_pipe_copies = 0;

@@ -908,6 +908,8 @@ pub struct VmaFound {
     pub end: u64,
     pub inode: u64,
     pub name_len: usize,
+    /// PROCMAP_QUERY_VMA_* permissions.
+    pub flags: u64,
 }
 
 /// The first mapping at or above `addr` whose permissions include all of `flags`
@@ -944,6 +946,7 @@ pub fn procmap_next(
             start: q.vma_start,
             end: q.vma_end,
             inode: q.inode,
+            flags: q.vma_flags,
             // The size includes the terminating NUL.
             name_len: (q.vma_name_size as usize).saturating_sub(1).min(name.len()),
         })),
@@ -1098,4 +1101,121 @@ pub fn spawn_helper(
             _ => exit_group(126),
         }
     }
+}
+
+/// One range of the `PAGEMAP_SCAN` ioctl's output (`struct page_region`).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)` (Linux 6.7).
+const PAGEMAP_SCAN: usize = 0xC060_6610;
+/// Write-protect (re-arm) the pages the scan reports.
+pub const PM_SCAN_WP_MATCHING: u64 = 1;
+pub const PAGE_IS_WPALLOWED: u64 = 1;
+pub const PAGE_IS_WRITTEN: u64 = 2;
+
+/// `PAGEMAP_SCAN` on an open `/proc/self/pagemap`: the ranges of `[start, end)` whose pages
+/// have all of `category_mask`, into `out` (at most `max_pages` pages, 0: no limit).
+/// Returns how many ranges were filled and where the walk stopped.
+pub fn pagemap_scan(
+    pagemap_fd: i32,
+    start: u64,
+    end: u64,
+    flags: u64,
+    category_mask: u64,
+    out: &mut [PageRegion],
+    max_pages: u64,
+) -> Result<(usize, u64), i32> {
+    let mut a = PmScanArg {
+        size: core::mem::size_of::<PmScanArg>() as u64,
+        flags,
+        start,
+        end,
+        vec: out.as_mut_ptr() as u64,
+        vec_len: out.len() as u64,
+        max_pages,
+        category_mask,
+        return_mask: category_mask,
+        ..Default::default()
+    };
+    let ap = &mut a as *mut PmScanArg;
+    // SAFETY: the kernel reads `a` and writes at most vec_len regions into `out`.
+    let n = unsafe { sc!(libc::SYS_ioctl, pagemap_fd, PAGEMAP_SCAN, ap) }?;
+    Ok((n.min(out.len()), a.walk_end))
+}
+
+const UFFD_USER_MODE_ONLY: usize = 1;
+const UFFDIO_API: usize = 0xC018_AA3F;
+const UFFDIO_REGISTER: usize = 0xC020_AA00;
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_REGISTER_MODE_WP: u64 = 2;
+/// Write-protect faults resolved by the kernel itself: a write only clears the page's
+/// protection (which `PAGEMAP_SCAN` reads as written), the writer never waits.
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// Pages not yet populated are protected too (needed for `PM_SCAN_WP_MATCHING` on anonymous
+/// memory).
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+
+/// A userfaultfd with `features` (O_CLOEXEC | O_NONBLOCK), trying user-mode-only faults when
+/// the kernel refuses the full kind (unprivileged with `vm.unprivileged_userfaultfd = 0`;
+/// write-protect tracking needs no kernel faults).
+pub fn userfaultfd_with(features: u64) -> Result<i32, i32> {
+    let base = (libc::O_CLOEXEC | libc::O_NONBLOCK) as usize;
+    // SAFETY: userfaultfd takes flags only.
+    let fd = match unsafe { sc!(libc::SYS_userfaultfd, base) } {
+        Ok(fd) => fd as i32,
+        Err(libc::EPERM) => {
+            // SAFETY: as above.
+            let fd = unsafe { sc!(libc::SYS_userfaultfd, base | UFFD_USER_MODE_ONLY) }?;
+            fd as i32
+        }
+        Err(e) => return Err(e),
+    };
+    let mut api = [UFFD_API, features, 0u64];
+    let ap = api.as_mut_ptr();
+    // SAFETY: struct uffdio_api is three u64s, read and written by the kernel.
+    if let Err(e) = unsafe { sc!(libc::SYS_ioctl, fd, UFFDIO_API, ap) } {
+        close(fd);
+        return Err(e);
+    }
+    if api[1] & features != features {
+        close(fd);
+        return Err(libc::ENOSYS);
+    }
+    Ok(fd)
+}
+
+/// Registers `[start, start + len)` with `uffd` for write-protect tracking.
+pub fn uffd_register_wp(uffd: i32, start: u64, len: u64) -> Result<(), i32> {
+    let mut reg = [start, len, UFFDIO_REGISTER_MODE_WP, 0u64];
+    let rp = reg.as_mut_ptr();
+    // SAFETY: struct uffdio_register is range (2 u64), mode, ioctls: read and written.
+    unsafe { sc!(libc::SYS_ioctl, uffd, UFFDIO_REGISTER, rp) }.map(|_| ())
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`: a copy of `fd` at `min` or above.
+pub fn dup_cloexec_above(fd: i32, min: i32) -> Result<i32, i32> {
+    fcntl(fd, libc::F_DUPFD_CLOEXEC, min as usize).map(|n| n as i32)
 }

@@ -38,6 +38,24 @@ pub fn resend_queued() {
 
 /// A request is honoured only if its file is still there and is ours: another user cannot
 /// choose where our memory is written.
+/// Whether request `id` asks for an incremental image (`forkpoint checkpoint --incremental`
+/// writes the word on the request's second line; the first is the output path).
+pub(crate) fn request_wants_incremental(pid: i32, id: u64) -> bool {
+    let mut req = FixBuf::<4096>::new();
+    report::runtime_file(&mut req, pid, "request", id);
+    let Ok(fd) = sys::open(
+        req.as_cstr(),
+        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        0,
+    ) else {
+        return false;
+    };
+    let mut buf = [0u8; 4200];
+    let n = sys::read_full(fd, &mut buf).unwrap_or(0);
+    sys::close(fd);
+    crate::procfs::request_options(&buf[..n]).1
+}
+
 pub(crate) fn request_pending(pid: i32, id: u64) -> bool {
     let mut req = FixBuf::<4096>::new();
     report::runtime_file(&mut req, pid, "request", id);

@@ -82,6 +82,13 @@ pub extern "C" fn writer_main() -> ! {
                 .str("\nwrite_ms=")
                 .u64(done.write_ns / 1_000_000);
             body.str("\nseq=").u64(cap.seq);
+            if let Some(parent) = &done.parent {
+                body.str("\nincremental=1\nparent=").str(parent);
+                body.str("\npages_inherited=").u64(done.inherited);
+            } else if !done.full_reason.is_empty() {
+                body.str("\nincremental=0\nfull_reason=")
+                    .str(&done.full_reason.replace('\n', " "));
+            }
             body.str("\nwriter_peak=")
                 .u64(crate::arena::peak_bytes() as u64);
             if let (Some(a), Some(b)) = (faults_at_start, parent_minor_faults(cap.pid)) {
@@ -137,6 +144,13 @@ fn parent_minor_faults(pid: i32) -> Option<u64> {
 struct Done {
     bytes: u64,
     pages: u64,
+    /// The parent of an incremental image; else why the image is whole, when one was asked.
+    parent: Option<String>,
+    full_reason: String,
+    /// Present pages left to the parent.
+    inherited: u64,
+    /// What a child image will name this one by.
+    digest: String,
     pause_ns: u64,
     write_ns: u64,
     /// Monotonic times the memory walk and the last chunk were done (debug log).
@@ -161,7 +175,7 @@ fn choose_output_path(cap: &mut Capture, rt: &Runtime, pid: i32, id: u64) {
             let n = sys::read_full(fd, &mut path).unwrap_or(0);
             sys::close(fd);
             let _ = sys::unlink(req.as_cstr());
-            let p = procfs::trim_newline(&path[..n]);
+            let p = procfs::request_options(&path[..n]).0;
             if !p.is_empty() {
                 cap.out_path.push(p);
                 return;
@@ -348,7 +362,128 @@ fn write_image(cap: &Capture, t_child: u64, tmp: &mut FixBuf<4200>) -> Result<Do
         let _ = sys::fsync(dfd);
         sys::close(dfd);
     }
+    record_last_image(cap, &done.digest);
     Ok(done)
+}
+
+/// `<runtime>/<pid>/last-image.0`: the image the next incremental checkpoint builds on (its
+/// checkpoint, time, digest and path), written once the image is durable.
+fn record_last_image(cap: &Capture, digest: &str) {
+    let mut body = FixBuf::<4400>::new();
+    body.str("seq=")
+        .u64(cap.seq)
+        .str("\ntime=")
+        .u64(cap.time_unix_ns);
+    body.str("\ndigest=").str(digest).str("\npath=");
+    body.push(cap.out_path.as_bytes()).str("\n");
+    report::write_report(last_image_path(cap).as_bytes(), body.as_bytes());
+}
+
+/// `last-image.0` next to this checkpoint's report, in the process's runtime directory.
+fn last_image_path(cap: &Capture) -> FixBuf<4200> {
+    let report = cap.report_path.as_bytes();
+    let mut path = FixBuf::<4200>::new();
+    if let Some(slash) = report.iter().rposition(|&c| c == b'/') {
+        path.push(&report[..=slash]).str("last-image.0");
+    }
+    path
+}
+
+/// The image an incremental one builds on: the last checkpoint's, if it completed, is still
+/// what it wrote, and is not about to be replaced by this one.
+fn parent_image(cap: &Capture, rt: &Runtime) -> Result<image::ParentImage, String> {
+    let _ = rt;
+    let want = crate::track::parent_seq();
+    let text = procfs::read_proc_string(last_image_path(cap).as_cstr());
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or("")
+    };
+    let seq: u64 = field("seq").parse().unwrap_or(0);
+    if seq != want || want == 0 {
+        return Err(format!(
+            "the last checkpoint ({want}) did not complete: written whole"
+        ));
+    }
+    let parent_path = field("path").to_string();
+    if parent_path.as_bytes() == cap.out_path.as_bytes() {
+        return Err(
+            "this image would replace its own parent (a stable --name or --output): written whole"
+                .into(),
+        );
+    }
+    let digest = field("digest");
+    let changed =
+        || format!("the last image {parent_path} changed since it was written: written whole");
+    let actual = metadata_digest_of(&parent_path).ok_or_else(changed)?;
+    if actual != digest {
+        return Err(changed());
+    }
+    Ok(image::ParentImage {
+        digest: actual,
+        path: parent_path,
+        seq,
+        time_unix_ns: field("time").parse().unwrap_or(0),
+    })
+}
+
+/// [`image::metadata_digest`] of the image at `path` (its footer checked).
+fn metadata_digest_of(path: &str) -> Option<String> {
+    let fd = sys::open(&cpath(path), libc::O_RDONLY | libc::O_CLOEXEC, 0).ok()?;
+    let digest = (|| {
+        let len = sys::fstat(fd).ok()?.st_size as u64;
+        let mut fb = [0u8; image::FOOTER_LEN];
+        let flen = image::FOOTER_LEN as u64;
+        if len < flen || sys::pread(fd, &mut fb, len - flen).ok()? != image::FOOTER_LEN {
+            return None;
+        }
+        let footer = image::parse_footer(&fb, len).ok()?;
+        let mut mb = vec![0u8; footer.metadata_len as usize];
+        if sys::pread(fd, &mut mb, footer.metadata_offset).ok()? != mb.len()
+            || image::crc32(&mb) != footer.metadata_crc32
+        {
+            return None;
+        }
+        Some(image::metadata_digest(&mb))
+    })();
+    sys::close(fd);
+    digest
+}
+
+/// The inherited runs an incremental image lists, built page by page in address order.
+#[derive(Default)]
+struct Inherited {
+    runs: Vec<image::PageRun>,
+    /// Where the written-set lookup is (pages come in increasing order).
+    cursor: usize,
+    joinable: bool,
+}
+
+impl Inherited {
+    /// A new mapping begins: its runs must not join the last one's (a run lies in one).
+    fn break_run(&mut self) {
+        self.joinable = false;
+    }
+
+    fn add(&mut self, addr: u64) {
+        let joinable = core::mem::replace(&mut self.joinable, true);
+        if let Some(last) = self.runs.last_mut().filter(|_| joinable) {
+            if last.addr + last.pages * PAGE_SIZE == addr {
+                last.pages += 1;
+                return;
+            }
+        }
+        self.runs.push(image::PageRun { addr, pages: 1 });
+    }
+
+    fn written_at(&mut self, written: &forkpoint_image::pages::PageSet, addr: u64) -> bool {
+        let r = written.ranges();
+        while self.cursor < r.len() && r[self.cursor].1 <= addr {
+            self.cursor += 1;
+        }
+        r.get(self.cursor).is_some_and(|&(s, _)| s <= addr)
+    }
 }
 
 fn write_body(
@@ -357,11 +492,24 @@ fn write_body(
     t_child: u64,
     out: &mut Out,
 ) -> Result<Done, WriteError> {
+    // An incremental image: what the pause tracked, and the image it builds on.
+    let (incremental, full_reason) = match crate::track::child_view()
+        .and_then(|view| parent_image(cap, rt).map(|parent| (view, parent)))
+    {
+        Ok(x) => (Some(x), String::new()),
+        Err(why) => (None, why),
+    };
+    let header = if incremental.is_some() {
+        Header::incremental()
+    } else {
+        Header::current()
+    };
     let mut header_page = vec![0u8; PAGE];
-    header_page[..image::HEADER_LEN].copy_from_slice(&Header::current().encode());
+    header_page[..image::HEADER_LEN].copy_from_slice(&header.encode());
     out.write(&header_page)?;
 
     let mut meta = Metadata::default();
+    let mut inherited = Inherited::default();
     // Before the memory walk: it drops pages (the main stack holds argv and environ).
     describe_process(cap, &mut meta, out)?;
     let maps_text = procfs::read_proc_string(b"/proc/self/maps\0");
@@ -369,7 +517,9 @@ fn write_body(
     let (stack_lo, stack_hi) = rt.child_stack;
     let entries = procfs::parse_maps(&maps_text);
     let entries = procfs::split_around(entries, arena_lo as u64, arena_hi as u64);
-    let mut entries = procfs::split_around(entries, stack_lo as u64, stack_hi as u64);
+    let entries = procfs::split_around(entries, stack_lo as u64, stack_hi as u64);
+    let (track_lo, track_hi) = crate::track::buffer_range();
+    let mut entries = procfs::split_around(entries, track_lo, track_hi);
     let copies = &cap.shared_copies[..cap.n_shared_copies];
     for &(_, len, buf) in copies {
         entries = procfs::split_around(entries, buf, buf + len);
@@ -413,7 +563,9 @@ fn write_body(
             continue; // the pause's copies of shared memory (saved as that memory)
         }
         meta.stats.pages_mapped += (e.end - e.start) / PAGE_SIZE;
-        if e.start >= stack_lo as u64 && e.end <= stack_hi as u64 {
+        let library_own = (e.start >= stack_lo as u64 && e.end <= stack_hi as u64)
+            || (e.start >= track_lo && e.end <= track_hi);
+        if library_own {
             meta.mappings.push(Mapping {
                 start: e.start,
                 end: e.end,
@@ -509,6 +661,7 @@ fn write_body(
         };
         if contents == Contents::Stored {
             chunker.break_run();
+            inherited.break_run();
             // Dropping pages the writer itself may still use would break it: only the heap,
             // the main stack and large anonymous regions (malloc'd data), never a library's
             // .bss (anonymous, right after its file mapping) nor our own state.
@@ -522,6 +675,20 @@ fn write_body(
                 }
                 && !own.iter().any(|&a| a >= e.start && a < e.end);
             let readable_direct = e.read && !read_all;
+            // Tracked since the parent image: unchanged present pages are the parent's.
+            let tracked = incremental.as_ref().filter(|(view, _)| {
+                !e.shared
+                    && !read_all
+                    && matches!(
+                        kind,
+                        MappingKind::Heap | MappingKind::Stack | MappingKind::Anonymous
+                    )
+                    && view
+                        .tracked
+                        .clip(e.start, e.end)
+                        .next()
+                        .is_some_and(|(s, t)| s == e.start && t == e.end)
+            });
             let npages = ((e.end - e.start) / PAGE_SIZE) as usize;
             let mut i = 0;
             while i < npages {
@@ -541,6 +708,15 @@ fn write_body(
                     } else {
                         k < n && procfs::page_needs_saving(entry, private_file)
                     };
+                    if wanted {
+                        if let Some((view, _)) = tracked {
+                            if !inherited.written_at(&view.written, addr) {
+                                inherited.add(addr);
+                                meta.stats.pages_inherited += 1;
+                                continue;
+                            }
+                        }
+                    }
                     if !wanted {
                         if private_file && k < n && entry & procfs::PM_PRESENT != 0 {
                             meta.stats.pages_from_file += 1;
@@ -627,6 +803,9 @@ fn write_body(
     meta.stats.bytes_stored = chunker.bytes_stored;
     meta.stats.zstd_level = rt.config.zstd_level;
     meta.chunks = chunks;
+    meta.inherited = inherited.runs;
+    let parent_path = incremental.as_ref().map(|(_, p)| p.path.clone());
+    meta.parent = incremental.map(|(_, p)| p);
 
     meta.stats.pause_ns = t_child.saturating_sub(cap.t_start_ns);
     meta.stats.write_ns = sys::monotonic_ns().saturating_sub(t_child);
@@ -645,6 +824,10 @@ fn write_body(
     Ok(Done {
         bytes: out.pos,
         pages: meta.stats.pages_stored,
+        parent: parent_path,
+        full_reason,
+        inherited: meta.stats.pages_inherited,
+        digest: image::metadata_digest(&meta_bytes),
         pause_ns: meta.stats.pause_ns,
         write_ns: sys::monotonic_ns().saturating_sub(t_child),
         t_walked,

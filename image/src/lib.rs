@@ -21,7 +21,9 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod chain;
 pub mod maps;
+pub mod pages;
 pub mod read;
 pub mod types;
 pub mod validate;
@@ -42,11 +44,15 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version: a reader refuses a newer minor (it may hold fields it would ignore).
 /// 1.2 added process trees ([`TreeInfo`]); a single process's image is still written as 1.1,
 /// so readers that predate trees keep reading it.
-pub const FORMAT_MINOR: u16 = 2;
+/// 1.3 added incremental images ([`ParentImage`], [`FLAG_INCREMENTAL`]); full images keep
+/// their older minor.
+pub const FORMAT_MINOR: u16 = 3;
 /// The minor version of a single process's image.
 pub const FORMAT_MINOR_SINGLE: u16 = 1;
 /// The minor version of a process tree's image (the first to have [`Metadata::tree`]).
 pub const FORMAT_MINOR_TREE: u16 = 2;
+/// The minor version of an incremental image (the first with [`Metadata::parent`]).
+pub const FORMAT_MINOR_INCREMENTAL: u16 = 3;
 pub const HEADER_LEN: usize = 64;
 pub const FOOTER_LEN: usize = 64;
 pub const PAGE_SIZE: u64 = 4096;
@@ -58,7 +64,8 @@ pub const METADATA_ENCODING_JSON: u32 = 1;
 pub const MAX_METADATA_LEN: u64 = 512 << 20;
 /// Upper bound on one chunk's uncompressed size.
 pub const MAX_CHUNK_RAW_LEN: u64 = 64 << 20;
-/// Header flag: the image names a parent image and holds only changed pages (reserved, v1 writers leave it clear).
+/// Header flag: the image names a parent image ([`Metadata::parent`]) and holds only the
+/// pages written since it (format 1.3). A reader that cannot resolve the chain must refuse.
 pub const FLAG_INCREMENTAL: u32 = 1;
 
 /// The value the library's fork point returns in a restored process (parent gets a pid,
@@ -162,6 +169,15 @@ impl Header {
         }
     }
 
+    /// The header of an incremental image.
+    pub fn incremental() -> Self {
+        Header {
+            minor: FORMAT_MINOR_INCREMENTAL,
+            flags: FLAG_INCREMENTAL,
+            ..Header::current()
+        }
+    }
+
     /// The header of a process tree's image.
     pub fn tree() -> Self {
         Header {
@@ -257,4 +273,18 @@ pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
 pub fn encode_metadata(meta: &Metadata) -> Vec<u8> {
     // Serializing plain structs of integers, strings and vectors cannot fail.
     serde_json::to_vec(meta).unwrap_or_default()
+}
+
+/// The digest that names an image as a parent: SHA-256 of its metadata bytes, in hex. The
+/// metadata lists every chunk's CRC-32 and length (and the capture's time and PID), so it
+/// pins the whole image while a chain is verified by reading only each link's metadata.
+pub fn metadata_digest(metadata: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(metadata);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+    }
+    s
 }

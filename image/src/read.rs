@@ -84,7 +84,12 @@ pub fn parse_header(b: &[u8; HEADER_LEN]) -> Result<Header, ReadError> {
             minor: h.minor,
         });
     }
-    if h.flags != 0 {
+    let known = if h.minor >= crate::FORMAT_MINOR_INCREMENTAL {
+        crate::FLAG_INCREMENTAL
+    } else {
+        0
+    };
+    if h.flags & !known != 0 {
         return Err(ReadError::UnsupportedFlags(h.flags));
     }
     if h.page_size != PAGE_SIZE {
@@ -225,6 +230,8 @@ pub struct ImageFile<R = FileRange> {
     pub header: Header,
     pub footer: Footer,
     pub metadata: Metadata,
+    /// [`crate::metadata_digest`] of this image's metadata: what a child image names it by.
+    pub digest: String,
     source: R,
 }
 
@@ -332,6 +339,19 @@ impl<R: ReadAt> ImageFile<R> {
         }
         let metadata = decode_metadata(&mb)?;
         validate_metadata(&metadata, footer.metadata_offset).map_err(ReadError::Invalid)?;
+        let incremental = header.flags & crate::FLAG_INCREMENTAL != 0;
+        if incremental != metadata.parent.is_some() {
+            return Err(ReadError::Invalid(ValidationError(if incremental {
+                "the header says incremental but the metadata names no parent image".into()
+            } else {
+                "the metadata names a parent image but the header is not incremental".into()
+            })));
+        }
+        if incremental && metadata.tree.is_some() {
+            return Err(ReadError::Invalid(ValidationError(
+                "a process tree cannot be incremental".into(),
+            )));
+        }
         if metadata.tree.is_some() && header.minor < crate::FORMAT_MINOR_TREE {
             return Err(ReadError::Invalid(ValidationError(format!(
                 "a process tree in an image of format {}.{} (trees need {}.{})",
@@ -345,6 +365,7 @@ impl<R: ReadAt> ImageFile<R> {
             header,
             footer,
             metadata,
+            digest: crate::metadata_digest(&mb),
             source,
         })
     }

@@ -45,6 +45,27 @@ pub struct Metadata {
     /// whole image is embedded in this file. Absent for a single process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<TreeInfo>,
+    /// An incremental image (format 1.3): the image it builds on. Its chunks hold only the
+    /// pages written since the parent; the rest of the metadata is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentImage>,
+    /// Of an incremental image: the pages, in no chunk here, whose contents are the parent
+    /// image's (resolved through its own parent in turn). Sorted, disjoint, each inside one
+    /// private mapping with stored contents. A page in neither a chunk nor here is zero.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited: Vec<PageRun>,
+}
+
+/// The image an incremental image builds on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParentImage {
+    /// [`crate::metadata_digest`] of the parent's metadata: the parent's identity.
+    pub digest: String,
+    /// Where the parent was written (a hint: a parent is found by its digest).
+    pub path: String,
+    /// The parent's `checkpoint.seq` and `checkpoint.time_unix_ns`.
+    pub seq: u64,
+    pub time_unix_ns: u64,
 }
 
 /// The processes of a tree image, parents before their children; the first is the root.
@@ -591,4 +612,11 @@ pub struct Stats {
     /// Time from the fork to the metadata being written, nanoseconds.
     pub write_ns: u64,
     pub zstd_level: i32,
+    /// Of an incremental image: present pages left to the parent (unchanged since it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pages_inherited: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

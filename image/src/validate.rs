@@ -97,6 +97,73 @@ pub fn validate_metadata(m: &Metadata, chunks_end: u64) -> Result<(), Validation
     validate_mm(m)?;
     validate_misc(m)?;
     validate_tree(m, chunks_end)?;
+    validate_inherited(m)?;
+    Ok(())
+}
+
+/// Most inherited runs an incremental image lists.
+pub const MAX_INHERITED_RUNS: usize = 1 << 24;
+
+/// Inherited runs: only in an image with a parent; page-aligned, sorted and disjoint, each
+/// inside one private mapping with stored contents, none in a chunk of this image.
+fn validate_inherited(m: &Metadata) -> Result<(), ValidationError> {
+    if m.inherited.is_empty() {
+        return Ok(());
+    }
+    if m.parent.is_none() {
+        return err("inherited pages in an image that names no parent".into());
+    }
+    if m.inherited.len() > MAX_INHERITED_RUNS {
+        return err(format!(
+            "{} inherited page runs (at most {MAX_INHERITED_RUNS})",
+            m.inherited.len()
+        ));
+    }
+    let stored = crate::pages::PageSet::from_runs(m.chunks.iter().flat_map(|c| c.runs.iter()));
+    let mut last_end = 0u64;
+    let mut mi = 0usize;
+    for r in &m.inherited {
+        let end = r
+            .pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|l| r.addr.checked_add(l))
+            .filter(|&e| r.pages > 0 && r.addr % PAGE_SIZE == 0 && e <= USER_SPACE_END);
+        let Some(end) = end else {
+            return err(format!(
+                "invalid inherited page run at {:#x} ({} pages)",
+                r.addr, r.pages
+            ));
+        };
+        if r.addr < last_end {
+            return err(format!(
+                "inherited page runs are not sorted and disjoint at {:#x}",
+                r.addr
+            ));
+        }
+        last_end = end;
+        while mi < m.mappings.len() && m.mappings[mi].end <= r.addr {
+            mi += 1;
+        }
+        match m.mappings.get(mi) {
+            Some(map)
+                if map.start <= r.addr
+                    && end <= map.end
+                    && map.contents == Contents::Stored
+                    && !map.shared => {}
+            _ => {
+                return err(format!(
+                    "inherited pages {:#x}-{end:#x} are not inside a private mapping with stored contents",
+                    r.addr
+                ))
+            }
+        }
+        if stored.touches(r.addr, end) {
+            return err(format!(
+                "inherited pages {:#x}-{end:#x} are also stored in this image",
+                r.addr
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -318,11 +318,18 @@ fn test_bad_version() {
     // The current version (and so every older minor of this major) is read.
     let same = rewrite_header(&good, |h| h.minor = FORMAT_MINOR);
     ImageFile::from_bytes(&same).unwrap();
-    // Flags: the reserved incremental flag and unknown ones are refused.
+    // Flags: the incremental flag on an image older than 1.3, and unknown ones, are refused.
     for flags in [FLAG_INCREMENTAL, 2, 0x8000_0000] {
         let b = rewrite_header(&good, |h| h.flags = flags);
         assert!(matches!(open_err(&b), ReadError::UnsupportedFlags(f) if f == flags));
     }
+    // A 1.3 header that says incremental over metadata naming no parent is refused.
+    let b = rewrite_header(&good, |h| {
+        h.minor = 3;
+        h.flags = FLAG_INCREMENTAL
+    });
+    let e = open_err(&b);
+    assert!(e.to_string().contains("names no parent"), "{e}");
     let b = rewrite_header(&good, |h| h.page_size = 2 * PAGE_SIZE);
     assert!(matches!(open_err(&b), ReadError::BadPageSize(p) if p == 2 * PAGE_SIZE));
 }

@@ -288,6 +288,7 @@ fn metadata() -> impl Strategy<Value = Metadata> {
         pause_ns: s[7],
         write_ns: s[8],
         zstd_level,
+        pages_inherited: 0,
     });
     (
         head(),
@@ -334,6 +335,8 @@ fn metadata() -> impl Strategy<Value = Metadata> {
                 stats,
                 warnings,
                 tree,
+                parent: None,
+                inherited: Vec::new(),
             },
         )
 }

@@ -45,6 +45,8 @@ pub struct RestoreOptions {
     /// Hand over before the memory is filled: a helper fills it on demand and in the
     /// background (`restart --lazy`). Where that is not possible, the restore is eager.
     pub lazy: bool,
+    /// Where to look for the parents of an incremental image, besides its directory.
+    pub images_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a restore was refused (before the point of no return) or failed (after it).
@@ -106,7 +108,23 @@ pub fn restore(
     if img.metadata.tree.is_some() {
         return tree::restore_tree(path, &img, opts);
     }
-    restore_process(path, &img, opts, None)
+    if img.metadata.parent.is_none() {
+        return restore_process(path, &img, opts, None, &[]);
+    }
+    // An incremental image: every link is found and checked before anything else.
+    let links = forkpoint_image::chain::resolve(path, img, opts.images_dir.as_deref())
+        .map_err(|e| RestoreError::Refused(e.to_string()))?;
+    for l in &links[1..] {
+        verify::check_owner(&l.path, opts.allow_foreign_owner)?;
+    }
+    let metas: Vec<&forkpoint_image::Metadata> = links.iter().map(|l| &l.image.metadata).collect();
+    let provided = forkpoint_image::chain::provided(&metas);
+    let ancestors: Vec<(&ImageFile, &forkpoint_image::pages::PageSet)> = links[1..]
+        .iter()
+        .zip(&provided[1..])
+        .map(|(l, p)| (&l.image, p))
+        .collect();
+    restore_process(path, &links[0].image, opts, None, &ancestors)
 }
 
 /// Restores one process from `img` into the calling process. A member of a tree waits at
@@ -116,6 +134,7 @@ fn restore_process(
     img: &ImageFile,
     opts: &RestoreOptions,
     member: Option<&tree::MemberSync>,
+    ancestors: &[(&ImageFile, &forkpoint_image::pages::PageSet)],
 ) -> Result<std::convert::Infallible, RestoreError> {
     let t0 = Instant::now();
     let say = |what: &str| {
@@ -167,7 +186,19 @@ fn restore_process(
         "staging at {:#x}-{:#x}",
         layout.reservation.0, layout.reservation.1
     ));
-    let lazy = if opts.lazy {
+    if !ancestors.is_empty() {
+        say(&format!(
+            "incremental image: {} older images provide {} MiB{}",
+            ancestors.len(),
+            ancestors.iter().map(|(_, p)| p.len_bytes()).sum::<u64>() >> 20,
+            if opts.lazy {
+                "; restored eagerly (a lazy restart takes one whole image: `forkpoint compact` makes one)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let lazy = if opts.lazy && ancestors.is_empty() {
         start_lazy(path, img, &layout, member.is_some(), opts.verbose, t0)
     } else {
         None
@@ -201,7 +232,10 @@ fn restore_process(
     // One restoring process shows progress; a tree's members restore side by side.
     let show_progress = member.is_none();
     let skip = lazy.as_ref().map(|l| l.split.lazy.as_slice());
-    let pages = stage::fill_regions(img, &stage_map, threads, show_progress, skip)?;
+    let mut pages = stage::fill_regions(img, &stage_map, threads, show_progress, skip)?;
+    if !ancestors.is_empty() {
+        pages += stage::fill_from_ancestors(ancestors, &stage_map, threads)?;
+    }
     say(&format!(
         "decompressed {pages} pages ({} MiB) on {threads} threads",
         (pages * PAGE_SIZE) >> 20

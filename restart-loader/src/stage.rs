@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use forkpoint_image::pages::PageSet;
 use forkpoint_image::read::ChunkReader;
 use forkpoint_image::{
     restore_info, thread_table, Contents, ImageFile, MappingKind, Metadata, PAGE_SIZE,
@@ -255,6 +256,87 @@ pub fn fill_regions(
         return Err(RestoreError::Failed(format!("the image is damaged: {e}")));
     }
     Ok(pages.load(Ordering::Relaxed) as u64)
+}
+
+/// Copies, from each older link of an incremental chain, the pages it provides (its chunks
+/// that touch them are read, checked and decompressed; the newest link is [`fill_regions`]'s).
+pub fn fill_from_ancestors(
+    links: &[(&ImageFile, &PageSet)],
+    stage: &StageMap,
+    threads: usize,
+) -> Result<u64, RestoreError> {
+    let jobs: Vec<(usize, usize)> = links
+        .iter()
+        .enumerate()
+        .flat_map(|(l, (img, want))| {
+            img.metadata
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    c.runs
+                        .iter()
+                        .any(|r| want.touches(r.addr, r.addr + r.pages * PAGE_SIZE))
+                })
+                .map(move |(i, _)| (l, i))
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let pages = AtomicU64::new(0);
+    let error: Mutex<Option<String>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for _ in 0..threads.max(1).min(jobs.len().max(1)) {
+            handles.push(scope.spawn(|| {
+                let mut reader = ChunkReader::new();
+                let mut out = Vec::new();
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= jobs.len() || error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    let (l, i) = jobs[k];
+                    let (img, want) = links[l];
+                    let c = &img.metadata.chunks[i];
+                    let fail =
+                        |msg: String| *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                    out.resize(c.raw_len as usize, 0);
+                    if let Err(e) = img.read_chunk_into(i, &mut reader, &mut out) {
+                        fail(format!("parent image {} back: {e}", l + 1));
+                        break;
+                    }
+                    let mut off = 0u64;
+                    for r in &c.runs {
+                        let end = r.addr + r.pages * PAGE_SIZE;
+                        for (s, e) in want.clip(r.addr, end) {
+                            let Some(dst) = stage.translate(s, e - s) else {
+                                fail(format!(
+                                    "parent image {} back, chunk {i}: pages at {s:#x} are outside every restored mapping",
+                                    l + 1
+                                ));
+                                return;
+                            };
+                            let from = (off + (s - r.addr)) as usize;
+                            // SAFETY: dst..dst+(e-s) is staged RW memory inside one mapping;
+                            // the links provide disjoint pages, so no other thread writes it.
+                            unsafe { sys::copy_to(dst, &out[from..from + (e - s) as usize]) };
+                            pages.fetch_add((e - s) / PAGE_SIZE, Ordering::Relaxed);
+                        }
+                        off += r.pages * PAGE_SIZE;
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(RestoreError::Failed(format!(
+            "the image chain is damaged: {e}"
+        )));
+    }
+    Ok(pages.load(Ordering::Relaxed))
 }
 
 /// Writes what the library reads when it resumes: the restore block and the table of restored

@@ -717,7 +717,7 @@ fn become_member(
         }
     }
     let Some(img) = &members[i] else { exit(1) };
-    let err = match crate::restore_process(path, img, opts, Some(sync)) {
+    let err = match crate::restore_process(path, img, opts, Some(sync), &[]) {
         Ok(never) => match never {},
         Err(e) => e,
     };

@@ -271,6 +271,9 @@ pub struct Config {
     pub on_term: OnTerm,
     /// Stable image name: every checkpoint goes to `DIR/NAME.fpk` (replacing the last).
     pub name: Option<String>,
+    /// `FORKPOINT_INCREMENTAL=1`: every checkpoint after the first holds only the pages
+    /// written since the one before (where tracking works).
+    pub incremental: bool,
 }
 
 impl Config {
@@ -347,7 +350,13 @@ impl Config {
             }
             _ => None,
         };
+        let incremental = match get("FORKPOINT_INCREMENTAL").as_deref().map(str::trim) {
+            None | Some("" | "0") => false,
+            Some("1") => true,
+            Some(v) => return Err(format!("FORKPOINT_INCREMENTAL: {v:?} is not 0 or 1")),
+        };
         Ok(Config {
+            incremental,
             signal,
             on_term,
             name,

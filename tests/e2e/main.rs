@@ -8,6 +8,7 @@
 mod bad_input;
 mod cli;
 mod harness;
+mod incremental;
 mod kinds;
 mod lazy;
 mod preempt;
