@@ -23,6 +23,9 @@ pub struct Summary {
     pub trigger: String,
     /// Processes in the image (1, or a tree's living members).
     pub processes: usize,
+    /// This image's digest, and its parent's (an incremental image) with the path recorded.
+    pub digest: String,
+    pub parent: Option<forkpoint_image::ParentImage>,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,8 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>, CliError> {
                         pid: m.process.pid,
                         trigger: m.checkpoint.trigger.clone(),
                         processes,
+                        digest: img.digest.clone(),
+                        parent: m.parent.clone(),
                     }),
                 )
             }
@@ -102,6 +107,10 @@ fn sort_newest_first(v: &mut [Entry]) {
 /// Opens the image and every member's, and reads and checks every chunk of each.
 pub fn verify(path: &Path) -> Result<(), String> {
     let img = ImageFile::open(path).map_err(|e| e.to_string())?;
+    if img.metadata.parent.is_some() {
+        // Every link must be there and whole.
+        return crate::info::chain_of(path, true).map(|_| ());
+    }
     crate::info::verify(&img)?;
     if let Some(t) = &img.metadata.tree {
         for m in t.members.iter().skip(1).filter(|m| m.exited.is_none()) {
@@ -146,8 +155,8 @@ pub fn ls(dir: &Path, do_verify: bool, as_json: bool) -> Result<(), CliError> {
                     "time_unix_ns": e.time_ns,
                     "opens": e.summary.is_ok(),
                     "verified": ver.as_ref().map(|r| r.is_ok()),
-                    // Incremental images (not yet) name their parent here.
-                    "parent": null,
+                    // An incremental image's parent, as recorded (path and digest).
+                    "parent": e.summary.as_ref().ok().and_then(|s| s.parent.as_ref()).map(|p| json!({"path": p.path, "digest": p.digest, "seq": p.seq})),
                 });
                 match &e.summary {
                     Ok(s) => {
@@ -247,6 +256,30 @@ pub fn to_remove(n: usize, keep: usize, valid: &mut dyn FnMut(usize) -> bool) ->
     (keep..n).filter(|&i| Some(i) != newest_valid).collect()
 }
 
+/// `doomed` without the images a kept one builds on (`parent_of`: the index of an image's
+/// parent among the `n`), however far back.
+pub fn spare_parents(
+    n: usize,
+    doomed: Vec<usize>,
+    parent_of: &dyn Fn(usize) -> Option<usize>,
+) -> Vec<usize> {
+    let mut kept = vec![true; n];
+    for &i in &doomed {
+        kept[i] = false;
+    }
+    let mut needed = vec![false; n];
+    for i in (0..n).filter(|&i| kept[i]) {
+        let mut at = parent_of(i);
+        let mut steps = 0;
+        while let Some(p) = at.filter(|_| steps <= n) {
+            needed[p] = true;
+            at = parent_of(p);
+            steps += 1;
+        }
+    }
+    doomed.into_iter().filter(|&i| !needed[i]).collect()
+}
+
 /// `forkpoint rm --keep N DIR`.
 pub fn rm(dir: &Path, keep: usize) -> Result<(), CliError> {
     let entries = list(dir)?;
@@ -261,6 +294,20 @@ pub fn rm(dir: &Path, keep: usize) -> Result<(), CliError> {
         }
     };
     let doomed = to_remove(entries.len(), keep, &mut valid);
+    let parent_of = |i: usize| {
+        let want = entries[i].summary.as_ref().ok()?.parent.as_ref()?;
+        entries
+            .iter()
+            .position(|e| e.summary.as_ref().is_ok_and(|s| s.digest == want.digest))
+    };
+    let before = doomed.len();
+    let doomed = spare_parents(entries.len(), doomed, &parent_of);
+    if doomed.len() < before {
+        eprintln!(
+            "forkpoint: keeping {} older images that kept incremental images build on",
+            before - doomed.len()
+        );
+    }
     for i in doomed {
         let p = &entries[i].path;
         fs::remove_file(p)
@@ -282,6 +329,21 @@ mod tests {
         assert!(!is_image_name(".job.fpk"));
         assert!(!is_image_name(".fpk"));
         assert!(!is_image_name("notes.txt"));
+    }
+
+    #[test]
+    fn retention_never_removes_a_parent_of_a_kept_image() {
+        // 0 <- 1 <- 2 (newest first: 0 is the newest, built on 1, built on 2); 3 whole.
+        let parent = |i: usize| match i {
+            0 => Some(1),
+            1 => Some(2),
+            _ => None,
+        };
+        assert_eq!(spare_parents(4, vec![1, 2, 3], &parent), vec![3]);
+        // Keeping only the whole image 3 frees the whole chain.
+        assert_eq!(spare_parents(4, vec![0, 1, 2], &parent), vec![0, 1, 2]);
+        // Keeping the middle link keeps its own parent only.
+        assert_eq!(spare_parents(4, vec![0, 2, 3], &parent), vec![0, 3]);
     }
 
     #[test]

@@ -99,6 +99,11 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
         None
     };
 
+    let chain = img
+        .metadata
+        .parent
+        .is_some()
+        .then(|| chain_of(path, do_verify));
     if as_json {
         let mut obj = json!({
             "format": {"major": img.header.major, "minor": img.header.minor},
@@ -126,6 +131,22 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
         if let Some(Err(e)) = &verified {
             obj["verify_error"] = json!(e);
         }
+        match &chain {
+            Some(Ok(links)) => {
+                obj["chain"] = json!(links
+                    .iter()
+                    .map(|l| json!({
+                        "path": l.path,
+                        "seq": l.seq,
+                        "digest": l.digest,
+                        "stored_pages": l.stored_pages,
+                        "provides_pages": l.provides_pages,
+                    }))
+                    .collect::<Vec<_>>())
+            }
+            Some(Err(e)) => obj["chain_error"] = json!(e),
+            None => {}
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&obj).map_err(|e| CliError::new(e.to_string()))?
@@ -133,8 +154,33 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
     } else {
         print!("{}", render_tree(&img, &members));
         print!("{}", render(path, &img, &regions));
+        match &chain {
+            Some(Ok(links)) => {
+                println!(
+                    "chain       {} links, newest first (each page comes from the newest link holding it):",
+                    links.len()
+                );
+                for (k, l) in links.iter().enumerate() {
+                    println!(
+                        "  {k:>3}  checkpoint {:<5} {} pages stored, {} used  {}  {}…",
+                        l.seq,
+                        l.stored_pages,
+                        l.provides_pages,
+                        l.path.display(),
+                        l.digest.get(..12).unwrap_or("")
+                    );
+                }
+            }
+            Some(Err(e)) => println!("chain       broken: {e}"),
+            None => {}
+        }
         if let Some(Ok((n, b))) = &verified {
             println!("verified: {n} chunks, {b} bytes");
+        }
+    }
+    if do_verify {
+        if let Some(Err(e)) = &chain {
+            return Err(CliError::new(e.clone()));
         }
     }
     match verified {
@@ -147,6 +193,41 @@ pub fn info(path: &Path, as_json: bool, do_verify: bool) -> Result<(), CliError>
 }
 
 /// Every process of the image: the root (this image) and, for a tree, each member's image.
+/// One link of an incremental chain, as `info` shows it.
+pub struct LinkSummary {
+    pub path: std::path::PathBuf,
+    pub seq: u64,
+    pub digest: String,
+    pub stored_pages: u64,
+    /// Pages a restart takes from this link.
+    pub provides_pages: u64,
+}
+
+/// The chain ending in the incremental image at `path`, its links' chunks checked with
+/// `do_verify`.
+pub fn chain_of(path: &Path, do_verify: bool) -> Result<Vec<LinkSummary>, String> {
+    let leaf = ImageFile::open(path).map_err(|e| e.to_string())?;
+    let links = forkpoint_image::chain::resolve(path, leaf, None).map_err(|e| e.to_string())?;
+    if do_verify {
+        for l in &links {
+            verify(&l.image).map_err(|e| format!("{}: {e}", l.path.display()))?;
+        }
+    }
+    let metas: Vec<&Metadata> = links.iter().map(|l| &l.image.metadata).collect();
+    let provided = forkpoint_image::chain::provided(&metas);
+    Ok(links
+        .iter()
+        .zip(&provided)
+        .map(|(l, p)| LinkSummary {
+            path: l.path.clone(),
+            seq: l.image.metadata.checkpoint.seq,
+            digest: l.image.digest.clone(),
+            stored_pages: l.image.metadata.stats.pages_stored,
+            provides_pages: p.len_bytes() / forkpoint_image::PAGE_SIZE,
+        })
+        .collect())
+}
+
 fn tree_members(path: &Path, img: &ImageFile) -> Result<Vec<(i32, ImageFile)>, CliError> {
     let mut out = vec![(
         img.metadata.process.pid,
