@@ -316,6 +316,8 @@ pub fn fill_from_ancestors(
                                 ));
                                 return;
                             };
+                            // Faulted in a range at a time, as fill_regions does.
+                            let _ = sys::populate_write(dst, e - s);
                             let from = (off + (s - r.addr)) as usize;
                             // SAFETY: dst..dst+(e-s) is staged RW memory inside one mapping;
                             // the links provide disjoint pages, so no other thread writes it.
