@@ -314,7 +314,7 @@ pub(crate) fn checkpoint(mut leader: Leader, trigger: Trigger, id: u64, uctx: *m
     let incremental = rt.config.incremental
         || (trigger == Trigger::Request && crate::trigger::request_wants_incremental(pid, id));
     // Last before the fork: what was written since the last checkpoint.
-    crate::track::before_fork(rt, cap.seq, incremental);
+    crate::track::before_fork(rt, incremental);
     let t_fork = sys::monotonic_ns();
     // SAFETY: slots[0].regs lives in a static; the child stack is ours alone (mapped at init,
     // used only by writer children, each in its own address space).

@@ -142,8 +142,8 @@ pub fn forget_after_restore() {
     t.n_carry = 0;
 }
 
-/// Steps 1 to 3 for checkpoint `seq`; `wanted`: an incremental image was asked for.
-pub fn before_fork(rt: &Runtime, seq: u64, wanted: bool) {
+/// Steps 1 to 3; `wanted`: an incremental image was asked for.
+pub fn before_fork(rt: &Runtime, wanted: bool) {
     let p = pass();
     p.wanted = wanted;
     p.reason.clear();
@@ -165,14 +165,14 @@ pub fn before_fork(rt: &Runtime, seq: u64, wanted: bool) {
     if !wanted && t.armed_after == 0 {
         return;
     }
-    if let Err(why) = arm(rt, seq, pid) {
+    if let Err(why) = arm(rt, pid) {
         p.reason.clear();
         p.reason.str(why);
         t.armed_after = 0;
     }
 }
 
-fn arm(rt: &Runtime, seq: u64, pid: i32) -> Result<(), &'static str> {
+fn arm(rt: &Runtime, pid: i32) -> Result<(), &'static str> {
     let t = tracker();
     let p = pass();
     if t.buf == 0 {
@@ -230,7 +230,6 @@ fn arm(rt: &Runtime, seq: u64, pid: i32) -> Result<(), &'static str> {
     let (r, w) = sys::pipe2(libc::O_CLOEXEC).map_err(|_| "cannot create a pipe")?;
     p.gap_read = r;
     p.gap_write = w;
-    let _ = seq;
     Ok(())
 }
 
@@ -300,11 +299,29 @@ fn scan_and_register(
     }
     // Scan 1: written since the last arm, protected again (newly registered mappings are
     // protected here for the first time; their "written" pages are not used).
-    let mut start = 0u64;
-    let mut overflow = false;
+    let scanned = scan_written(pm, 0, MAX_WRITTEN).map_err(|e| {
+        if e == libc::ENOTTY || e == libc::EINVAL {
+            "this kernel has no PAGEMAP_SCAN (Linux 6.7 or later)"
+        } else {
+            "PAGEMAP_SCAN failed"
+        }
+    })?;
+    p.n_written = scanned.unwrap_or(0);
+    if scanned.is_none() && p.reason.as_bytes().is_empty() {
+        p.reason
+            .str("more than a million separate written ranges: written whole");
+    }
+    Ok(())
+}
+
+/// `PAGEMAP_SCAN` of all user space for written pages, protecting them again, into the
+/// `max` regions of the buffer at `at`. Ok(None): more ranges than that (the scan still went
+/// on protecting every written page: the next image needs it).
+fn scan_written(pm: i32, at: usize, max: usize) -> Result<Option<usize>, i32> {
+    let (mut start, mut n, mut overflow) = (0u64, 0usize, false);
     while start < USER_END {
-        let out = regions(p.n_written, MAX_WRITTEN - p.n_written);
-        let (n, walk_end) = sys::pagemap_scan(
+        let out = regions(at + n, max - n);
+        let (k, walk_end) = sys::pagemap_scan(
             pm,
             start,
             USER_END,
@@ -312,33 +329,18 @@ fn scan_and_register(
             sys::PAGE_IS_WRITTEN,
             out,
             0,
-        )
-        .map_err(|e| {
-            if e == libc::ENOTTY || e == libc::EINVAL {
-                "this kernel has no PAGEMAP_SCAN (Linux 6.7 or later)"
-            } else {
-                "PAGEMAP_SCAN failed"
-            }
-        })?;
-        p.n_written += n;
+        )?;
+        n += k;
         if walk_end <= start || walk_end >= USER_END {
             break;
         }
         start = walk_end;
-        if p.n_written == MAX_WRITTEN {
-            // Go on protecting (the next image needs it); this one is whole.
+        if n == max {
             overflow = true;
-            p.n_written = 0;
+            n = 0;
         }
     }
-    if overflow {
-        p.n_written = 0;
-        if p.reason.as_bytes().is_empty() {
-            p.reason
-                .str("more than a million separate written ranges: written whole");
-        }
-    }
-    Ok(())
+    Ok((!overflow).then_some(n))
 }
 
 /// Step 5, in the parent right after the fork.
@@ -349,45 +351,14 @@ pub fn after_fork_parent(seq: u64) {
         return;
     }
     sys::close(p.gap_read);
-    let mut n = 0usize;
-    if let Ok(pm) = sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) {
-        let mut start = 0u64;
-        let mut failed = false;
-        while start < USER_END {
-            let out = regions(OFF_GAP + n, MAX_GAP - n);
-            match sys::pagemap_scan(
-                pm,
-                start,
-                USER_END,
-                sys::PM_SCAN_WP_MATCHING,
-                sys::PAGE_IS_WRITTEN,
-                out,
-                0,
-            ) {
-                Ok((k, walk_end)) => {
-                    n += k;
-                    if walk_end <= start || walk_end >= USER_END {
-                        break;
-                    }
-                    if n == MAX_GAP {
-                        failed = true;
-                        n = 0;
-                    }
-                    start = walk_end;
-                }
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
+    let n = match sys::open(b"/proc/self/pagemap\0", libc::O_RDONLY | libc::O_CLOEXEC, 0) {
+        Ok(pm) => {
+            let scanned = scan_written(pm, OFF_GAP, MAX_GAP);
+            sys::close(pm);
+            scanned.ok().flatten().unwrap_or(usize::MAX)
         }
-        sys::close(pm);
-        if failed {
-            n = usize::MAX;
-        }
-    } else {
-        n = usize::MAX;
-    }
+        Err(_) => usize::MAX,
+    };
     // The writer takes usize::MAX as "unknown": its image is whole, and so is the next.
     let count = (n as u64).to_le_bytes();
     let ok = sys::write_all(p.gap_write, &count).is_ok()

@@ -391,8 +391,7 @@ fn last_image_path(cap: &Capture) -> FixBuf<4200> {
 
 /// The image an incremental one builds on: the last checkpoint's, if it completed, is still
 /// what it wrote, and is not about to be replaced by this one.
-fn parent_image(cap: &Capture, rt: &Runtime) -> Result<image::ParentImage, String> {
-    let _ = rt;
+fn parent_image(cap: &Capture) -> Result<image::ParentImage, String> {
     let want = crate::track::parent_seq();
     let text = procfs::read_proc_string(last_image_path(cap).as_cstr());
     let field = |k: &str| {
@@ -494,7 +493,7 @@ fn write_body(
 ) -> Result<Done, WriteError> {
     // An incremental image: what the pause tracked, and the image it builds on.
     let (incremental, full_reason) = match crate::track::child_view()
-        .and_then(|view| parent_image(cap, rt).map(|parent| (view, parent)))
+        .and_then(|view| parent_image(cap).map(|parent| (view, parent)))
     {
         Ok(x) => (Some(x), String::new()),
         Err(why) => (None, why),
